@@ -1,0 +1,1 @@
+"""Code generation: kiln IR groups to TVM (CPU, CUDA) and Triton kernels."""

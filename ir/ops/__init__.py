@@ -1,0 +1,5 @@
+"""The op catalog: importing this package registers every kiln op.
+
+One module per family; each op is declared once, with `registry.register`.
+"""
+from . import creation, elementwise, layout, linalg, reduction  # noqa: F401

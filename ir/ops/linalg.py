@@ -1,0 +1,266 @@
+"""Contractions and windowed ops: matmul, linear, conv (1-3 spatial dims),
+max/avg pooling, adaptive average pooling, and scaled dot-product attention."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import symbolic
+from ..registry import CONTRACTION, REDUCTION, Attr, OpDef, Operand, register, type_error
+from ..types import TensorType
+from .common import as_dtype, broadcast_shapes, is_float_array, same_dtype, widen, window_out_dim
+
+A, B, X = Operand("a"), Operand("b"), Operand("x")
+
+
+def _matmul_infer(a: TensorType, b: TensorType) -> TensorType:
+    dtype = same_dtype([a, b])
+    if dtype.is_bool or dtype.packed or a.rank == 0 or b.rank == 0:
+        raise type_error(f"matmul needs numeric inputs of rank >= 1, got {a} and {b}")
+    a_shape = (1,) + a.shape if a.rank == 1 else a.shape
+    b_shape = b.shape + (1,) if b.rank == 1 else b.shape
+    if not symbolic.equal(a_shape[-1], b_shape[-2]):
+        raise type_error(f"contracted dims differ: {a} @ {b}")
+    batch = broadcast_shapes(a_shape[:-2], b_shape[:-2])
+    out = batch + ((a_shape[-2],) if a.rank > 1 else ()) + ((b_shape[-1],) if b.rank > 1 else ())
+    return TensorType(out, dtype)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype.kind in "iu":
+        return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(a.dtype)
+    return as_dtype(np.matmul(widen(a), widen(b)), a.dtype)
+
+
+register(OpDef("matmul", (A, B), _matmul_infer, _matmul, (), {CONTRACTION},
+               doc="np.matmul: batch dims broadcast; rank-1 operands as in NumPy"))
+
+
+def _linear_infer(x: TensorType, weight: TensorType, bias: TensorType | None = None) -> TensorType:
+    dtype = same_dtype([x, weight] + ([bias] if bias else []))
+    if not dtype.is_float or x.rank < 1 or weight.rank != 2:
+        raise type_error(f"linear needs float x of rank >= 1 and a 2-D weight, got {x}, {weight}")
+    if not symbolic.equal(x.shape[-1], weight.shape[1]):
+        raise type_error(f"x's last dim {x.shape[-1]} != weight's in-features {weight.shape[1]}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise type_error(f"bias shape {list(bias.shape)} != [{weight.shape[0]}]")
+    return TensorType(x.shape[:-1] + (weight.shape[0],), dtype)
+
+
+def _linear(x, weight, bias=None):
+    y = widen(x) @ widen(weight).T
+    if bias is not None:
+        y = y + widen(bias)
+    return as_dtype(y, x.dtype)
+
+
+register(OpDef("linear", (X, Operand("weight"), Operand("bias", optional=True)), _linear_infer,
+               _linear, (), {CONTRACTION}, doc="x @ weight.T + bias; weight is [out, in]"))
+
+
+def _window_attrs(spatial: int, what: str, **lists) -> None:
+    for name, values in lists.items():
+        want = 2 * spatial if name == "pads" else spatial
+        if len(values) != want:
+            raise type_error(f"{what}: {name} {list(values)} must have {want} entries "
+                             f"for {spatial} spatial dims")
+        if name != "pads" and any(v <= 0 for v in values):
+            raise type_error(f"{what}: {name} {list(values)} must be positive")
+        if name == "pads" and any(v < 0 for v in values):
+            raise type_error(f"{what}: pads {list(values)} must be non-negative")
+
+
+def _conv_infer(x: TensorType, weight: TensorType, bias: TensorType | None = None, *,
+                strides, pads, dilations, groups) -> TensorType:
+    dtype = same_dtype([x, weight] + ([bias] if bias else []))
+    spatial = weight.rank - 2
+    if not dtype.is_float or spatial < 1 or x.rank != weight.rank:
+        raise type_error(f"conv needs float x and weight of equal rank >= 3, got {x}, {weight}")
+    _window_attrs(spatial, "conv", strides=strides, pads=pads, dilations=dilations)
+    c_in, c_out = x.shape[1], weight.shape[0]
+    if groups <= 0 or not symbolic.equal(symbolic.mul(weight.shape[1], groups), c_in):
+        raise type_error(f"weight's {weight.shape[1]} in-channels x {groups} groups "
+                         f"!= input channels {c_in}")
+    if isinstance(c_out, int) and c_out % groups:
+        raise type_error(f"{c_out} out-channels do not split into {groups} groups")
+    if bias is not None and bias.shape != (c_out,):
+        raise type_error(f"bias shape {list(bias.shape)} != [{c_out}]")
+    out = tuple(window_out_dim(x.shape[2 + i], weight.shape[2 + i], strides[i], pads[i],
+                               pads[i + spatial], dilations[i]) for i in range(spatial))
+    return TensorType((x.shape[0], c_out) + out, dtype)
+
+
+def _windows(x: np.ndarray, kernel, strides, dilations, out_shape) -> np.ndarray:
+    """A strided view [N, C, *out, *kernel] of an already padded x."""
+    n, c = x.shape[:2]
+    s = x.strides
+    spatial = len(kernel)
+    shape = (n, c) + tuple(out_shape) + tuple(kernel)
+    strides_ = s[:2] + tuple(s[2 + i] * strides[i] for i in range(spatial)) + \
+        tuple(s[2 + i] * dilations[i] for i in range(spatial))
+    return np.lib.stride_tricks.as_strided(x, shape, strides_, writeable=False)
+
+
+def _conv(x, weight, bias=None, *, strides, pads, dilations, groups):
+    spatial = weight.ndim - 2
+    xw, ww = widen(x), widen(weight)
+    xp = np.pad(xw, [(0, 0), (0, 0)] + [(pads[i], pads[i + spatial]) for i in range(spatial)])
+    k = weight.shape[2:]
+    out_shape = [(xp.shape[2 + i] - dilations[i] * (k[i] - 1) - 1) // strides[i] + 1
+                 for i in range(spatial)]
+    win = _windows(xp, k, strides, dilations, out_shape)          # N, C, *out, *k
+    n, c_in = x.shape[:2]
+    c_out = weight.shape[0]
+    cg, og = c_in // groups, c_out // groups
+    outs = []
+    letters = "defgh"[:spatial]
+    klet = "xyz"[:spatial]
+    for g in range(groups):
+        wg = win[:, g * cg:(g + 1) * cg]
+        kg = ww[g * og:(g + 1) * og]
+        outs.append(np.einsum(f"nc{letters}{klet},oc{klet}->no{letters}", wg, kg, optimize=True))
+    y = np.concatenate(outs, axis=1) if groups > 1 else outs[0]
+    if bias is not None:
+        y = y + widen(bias).reshape((1, -1) + (1,) * spatial)
+    return as_dtype(y, x.dtype)
+
+
+register(OpDef("conv", (X, Operand("weight"), Operand("bias", optional=True)), _conv_infer, _conv,
+               (Attr("strides", "ints"), Attr("pads", "ints", doc="begins then ends"),
+                Attr("dilations", "ints"), Attr("groups", "int", 1)), {CONTRACTION},
+               doc="N-d convolution (cross-correlation); weight [C_out, C_in/groups, *kernel]"))
+
+
+def _pool_infer(x: TensorType, *, kernel, strides, pads, ceil_mode, dilations=None,
+                **_) -> TensorType:
+    spatial = len(kernel)
+    if x.rank != spatial + 2 or x.dtype.is_bool or x.dtype.packed:
+        raise type_error(f"pooling with a {spatial}-d kernel needs a numeric rank-{spatial + 2} "
+                         f"input, got {x}")
+    dil = dilations or (1,) * spatial
+    _window_attrs(spatial, "pool", kernel=kernel, strides=strides, pads=pads, dilations=dil)
+    for i in range(spatial):
+        if pads[i] > kernel[i] // 2 or pads[i + spatial] > kernel[i] // 2:
+            raise type_error(f"pads {list(pads)} exceed half the kernel {list(kernel)}")
+    out = tuple(window_out_dim(x.shape[2 + i], kernel[i], strides[i], pads[i], pads[i + spatial],
+                               dil[i], ceil_mode) for i in range(spatial))
+    return x.with_shape(x.shape[:2] + out)
+
+
+def _pool_out_shape(x, kernel, strides, pads, dilations, ceil_mode):
+    sp = len(kernel)
+    return [int(window_out_dim(x.shape[2 + i], kernel[i], strides[i], pads[i], pads[i + sp],
+                               dilations[i], ceil_mode)) for i in range(sp)]
+
+
+def _max_pool(x, *, kernel, strides, pads, dilations, ceil_mode):
+    sp = len(kernel)
+    out_shape = _pool_out_shape(x, kernel, strides, pads, dilations, ceil_mode)
+    fill = -np.inf if is_float_array(x) else np.iinfo(x.dtype).min
+    # pad the end far enough for ceil_mode's partial windows
+    extra = [max(0, (out_shape[i] - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1
+                 - (x.shape[2 + i] + pads[i] + pads[i + sp])) for i in range(sp)]
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + sp] + extra[i]) for i in range(sp)],
+                constant_values=np.asarray(fill).astype(x.dtype))
+    win = _windows(xp, kernel, strides, dilations, out_shape)
+    return win.max(axis=tuple(range(2 + sp, 2 + 2 * sp)))
+
+
+def _avg_pool(x, *, kernel, strides, pads, ceil_mode, count_include_pad):
+    sp = len(kernel)
+    ones = (1,) * sp
+    out_shape = _pool_out_shape(x, kernel, strides, pads, ones, ceil_mode)
+    extra = [max(0, (out_shape[i] - 1) * strides[i] + kernel[i]
+                 - (x.shape[2 + i] + pads[i] + pads[i + sp])) for i in range(sp)]
+    widths = [(0, 0), (0, 0)] + [(pads[i], pads[i + sp] + extra[i]) for i in range(sp)]
+    xw = widen(x)
+    total = _windows(np.pad(xw, widths), kernel, strides, ones, out_shape).sum(
+        axis=tuple(range(2 + sp, 2 + 2 * sp)))
+    # divisor: window cells inside the input (and inside the padding, if counted)
+    inside = np.pad(np.ones((1, 1) + x.shape[2:], xw.dtype), [(0, 0), (0, 0)] +
+                    [(pads[i], pads[i + sp]) for i in range(sp)], constant_values=1.0 if
+                    count_include_pad else 0.0)
+    inside = np.pad(inside, [(0, 0), (0, 0)] + [(0, e) for e in extra])
+    count = _windows(inside, kernel, strides, ones, out_shape).sum(
+        axis=tuple(range(2 + sp, 2 + 2 * sp)))
+    return as_dtype(total / count, x.dtype)
+
+
+POOL_ATTRS = (Attr("kernel", "ints"), Attr("strides", "ints"), Attr("pads", "ints"),
+              Attr("ceil_mode", "bool", False))
+register(OpDef("max_pool", (X,), _pool_infer, _max_pool, POOL_ATTRS + (Attr("dilations", "ints"),),
+               {REDUCTION}, doc="N-d max pooling; padding never wins the max"))
+register(OpDef("avg_pool", (X,), _pool_infer, _avg_pool,
+               POOL_ATTRS + (Attr("count_include_pad", "bool", True),), {REDUCTION},
+               doc="N-d average pooling"))
+
+
+def _adaptive_infer(x: TensorType, *, output_size) -> TensorType:
+    sp = len(output_size)
+    if x.rank != sp + 2 or not x.dtype.is_float or any(o <= 0 for o in output_size):
+        raise type_error(f"adaptive pooling to {list(output_size)} needs a float rank-{sp + 2} "
+                         f"input, got {x}")
+    return x.with_shape(x.shape[:2] + tuple(output_size))
+
+
+def _adaptive_avg_pool(x, *, output_size):
+    xw = widen(x)
+    out = xw
+    for i, o in enumerate(output_size):
+        axis = 2 + i
+        n = x.shape[axis]
+        pieces = []
+        for j in range(o):
+            start, end = (j * n) // o, -(-((j + 1) * n) // o)
+            pieces.append(np.take(out, range(start, end), axis=axis).mean(axis=axis, keepdims=True))
+        out = np.concatenate(pieces, axis=axis)
+    return as_dtype(out, x.dtype)
+
+
+register(OpDef("adaptive_avg_pool", (X,), _adaptive_infer, _adaptive_avg_pool,
+               (Attr("output_size", "ints"),), {REDUCTION},
+               doc="torch's adaptive average pooling: window j spans [floor(jn/o), ceil((j+1)n/o))"))
+
+
+def _sdpa_infer(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | None = None, *,
+                is_causal, scale) -> TensorType:
+    dtype = same_dtype([q, k, v])
+    if not dtype.is_float or min(q.rank, k.rank, v.rank) < 2:
+        raise type_error(f"attention needs float q, k, v of rank >= 2, got {q}, {k}, {v}")
+    if not symbolic.equal(q.shape[-1], k.shape[-1]) or not symbolic.equal(k.shape[-2], v.shape[-2]):
+        raise type_error(f"q {q}, k {k}, v {v}: q/k head dims or k/v lengths differ")
+    batch = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    if mask is not None:
+        if not (mask.dtype.is_bool or mask.dtype == dtype):
+            raise type_error(f"mask must be bool or {dtype!r}, got {mask.dtype!r}")
+        broadcast_shapes(mask.shape, batch + (q.shape[-2], k.shape[-2]))
+        if is_causal:
+            raise type_error("give either a mask or is_causal, not both")
+    return TensorType(batch + (q.shape[-2], v.shape[-1]), dtype)
+
+
+def _sdpa(q, k, v, mask=None, *, is_causal, scale):
+    qw, kw, vw = widen(q), widen(k), widen(v)
+    s = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
+    scores = (qw @ np.swapaxes(kw, -1, -2)) * np.asarray(s, qw.dtype)
+    L, S = q.shape[-2], k.shape[-2]
+    if is_causal:
+        mask = np.tril(np.ones((L, S), bool))
+    if mask is not None:
+        scores = np.where(mask, scores, -np.inf) if mask.dtype == bool else scores + widen(mask)
+    m = np.max(scores, axis=-1, keepdims=True)
+    e = np.exp(scores - np.where(np.isfinite(m), m, 0))
+    denom = np.sum(e, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        p = e / denom  # a fully masked row gives NaN, as torch
+    return as_dtype(p @ vw, q.dtype)
+
+
+register(OpDef("scaled_dot_product_attention",
+               (Operand("q"), Operand("k"), Operand("v"), Operand("mask", optional=True)),
+               _sdpa_infer, _sdpa,
+               (Attr("is_causal", "bool", False), Attr("scale", "float", None, optional=True)),
+               {CONTRACTION},
+               doc="softmax(q k^T * scale + mask) v; a bool mask keeps True; scale defaults to "
+                   "1/sqrt(head_dim)"))

@@ -1,0 +1,87 @@
+"""The `.kir` printer: a `Graph` as text that `ir/parser.py` reads back exactly.
+
+The grammar is written down in `ir/parser.py`. Attributes equal to their
+schema default are left out; the parser fills them back in, so
+`print_graph(parse(text)) == text` for any printed graph.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from . import registry
+from .graph import Graph, Node, Value
+from .types import TensorType
+
+
+def format_type(t: TensorType) -> str:
+    return str(t)
+
+
+def format_float(x: float) -> str:
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return repr(float(x))
+
+
+def format_attr_value(kind: str, value: Any) -> str:
+    if value is None:
+        return "none"
+    if kind == "int" or kind == "dim":
+        return str(value)
+    if kind == "float":
+        return format_float(value)
+    if kind == "bool":
+        return "true" if value else "false"
+    if kind == "str":
+        return json.dumps(value)
+    if kind == "dtype":
+        return value.name
+    if kind in ("ints", "dims"):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if kind == "floats":
+        return "[" + ", ".join(format_float(v) for v in value) + "]"
+    raise AssertionError(f"unknown attribute kind {kind}")
+
+
+def _is_default(attr: registry.Attr, value: Any) -> bool:
+    if attr.required:
+        return False
+    default = attr.default
+    if attr.kind == "float" and isinstance(value, float) and isinstance(default, float):
+        return value == default or (math.isnan(value) and math.isnan(default))
+    return type(value) is type(default) and value == default
+
+
+def format_attrs(node: Node) -> str:
+    opdef = registry.get_op(node.op)
+    parts = []
+    for attr in opdef.attrs:
+        value = node.attrs.get(attr.name)
+        if attr.name not in node.attrs or _is_default(attr, value):
+            continue
+        parts.append(f"{attr.name}={format_attr_value(attr.kind, value)}")
+    return " {" + ", ".join(parts) + "}" if parts else ""
+
+
+def format_value_def(v: Value) -> str:
+    return f"%{v.name}: {format_type(v.type)}"
+
+
+def format_node(node: Node, *, locations: bool = True) -> str:
+    outs = ", ".join(format_value_def(v) for v in node.outputs)
+    args = ", ".join(f"%{v.name}" for v in node.inputs)
+    loc = f" loc({json.dumps(node.source)})" if locations and node.source is not None else ""
+    return f"{outs} = {node.op}({args}){format_attrs(node)}{loc}"
+
+
+def print_graph(graph: Graph, *, locations: bool = True) -> str:
+    """The graph's `.kir` text (ends with a newline)."""
+    lines = [f"graph {graph.name}({', '.join(format_value_def(v) for v in graph.inputs)}) {{"]
+    lines += [f"  {format_node(n, locations=locations)}" for n in graph.nodes]
+    lines.append("  return " + ", ".join(f"%{v.name}" for v in graph.outputs))
+    lines.append("}")
+    return "\n".join(lines) + "\n"

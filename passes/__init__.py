@@ -1,0 +1,1 @@
+"""Graph-to-graph passes and the pass manager. Imports kiln.ir only."""

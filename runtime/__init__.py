@@ -1,0 +1,1 @@
+"""The runtime: loads `.kiln` artifacts and runs their plans. Never imports the compiler."""
