@@ -91,12 +91,16 @@ class Graph:
     # --- naming ----------------------------------------------------------------------
     def unique_name(self, hint: str) -> str:
         """A fresh value name from `hint`: `add`, then `add_1`, `add_2`, ..."""
-        base = re.sub(r"[^A-Za-z0-9_.]", "_", hint) or "v"
-        if base not in self._names:
+        return self._fresh(hint, self._names)
+
+    @staticmethod
+    def _fresh(hint: str, taken: set[str] | frozenset[str]) -> str:
+        base = re.sub(r"[^A-Za-z0-9_.]", "_", hint).lstrip(".") or "v"
+        if base not in taken:
             return base
         match = re.fullmatch(r"(.*)_(\d+)", base)
         stem, i = (match.group(1), int(match.group(2))) if match else (base, 0)
-        while f"{stem}_{i + 1}" in self._names:
+        while f"{stem}_{i + 1}" in taken:
             i += 1
         return f"{stem}_{i + 1}"
 
@@ -151,16 +155,20 @@ class Graph:
             output_types = opdef.infer_types([v.type for v in inputs], attrs)
         node = Node(op, tuple(inputs), attrs, source=source)
         hint = name or op
-        if output_names is None:
-            output_names = [self.unique_name(hint if i == 0 else f"{hint}_{i}")
-                            for i in range(len(output_types))]
+        if output_names is None:  # fresh names, also distinct from each other
+            taken = set(self._names)
+            output_names = []
+            for i in range(len(output_types)):
+                output_names.append(self._fresh(hint if i == 0 else f"{hint}_{i}", taken))
+                taken.add(output_names[-1])
         if len(output_names) != len(output_types):
             raise VerifyError(f"op '{op}' has {len(output_types)} outputs, "
                               f"got {len(output_names)} names", rule="types")
         outs = [Value(self._claim(n), t, node) for n, t in zip(output_names, output_types)]
         node.outputs = tuple(outs)
         for v in inputs:
-            v.users.append(node)
+            if node not in v.users:  # add(%x, %x): one user, read twice
+                v.users.append(node)
         if index is None:
             self.nodes.append(node)
         else:
@@ -173,6 +181,8 @@ class Graph:
     # --- editing ---------------------------------------------------------------------
     def replace_all_uses_with(self, old: Value, new: Value) -> None:
         """Make every user of `old` (and the graph outputs) use `new` instead."""
+        if old is new:
+            return
         for user in old.users:
             user.inputs = tuple(new if v is old else v for v in user.inputs)
             if user not in new.users:
@@ -223,13 +233,23 @@ class Graph:
     __str__ = __repr__
 
 
+def _attr_key(value: Any) -> Any:
+    """An attribute value for comparison: NaN equals NaN, -0.0 differs from 0.0."""
+    if isinstance(value, float):
+        return ("float", repr(value))
+    if isinstance(value, tuple):
+        return tuple(_attr_key(v) for v in value)
+    return value
+
+
 def graphs_equal(a: Graph, b: Graph, *, compare_constants: bool = True) -> bool:
     """Structural equality: same names, types, ops, attributes, sources, and
     (optionally) constant arrays equal element for element."""
     def sig(g: Graph) -> tuple:
         return (g.name,
                 tuple((v.name, v.type) for v in g.inputs),
-                tuple((n.op, tuple(v.name for v in n.inputs), tuple(sorted(n.attrs.items())),
+                tuple((n.op, tuple(v.name for v in n.inputs),
+                       tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items())),
                        tuple((v.name, v.type) for v in n.outputs), n.source) for n in g.nodes),
                 tuple(v.name for v in g.outputs))
     if sig(a) != sig(b):

@@ -79,6 +79,15 @@ class _Parser:
             return True
         return False
 
+    def parse_optional_keyword(self, word: str) -> bool:
+        """A keyword (graph, return, loc) not followed by more name characters."""
+        self.skip()
+        end = self.pos + len(word)
+        if self.text.startswith(word, self.pos) and not re.match(r"[A-Za-z0-9_]", self.text[end:end + 1]):
+            self.pos = end
+            return True
+        return False
+
     def expect(self, literal: str, what: str | None = None) -> None:
         if not self.parse_optional_literal(literal):
             raise self.error(f"expected {what or repr(literal)}, found {self.found()}")
@@ -100,7 +109,8 @@ class _Parser:
     # --- rules -----------------------------------------------------------------------
     def parse_graph(self) -> Graph:
         """graph ::= "graph" NAME "(" [value-def ("," value-def)*] ")" "{" node* return "}" """
-        self.expect("graph", "'graph' at the start of a .kir file")
+        if not self.parse_optional_keyword("graph"):
+            raise self.error(f"expected 'graph' at the start of a .kir file, found {self.found()}")
         self.graph = graph = Graph(self.match(_NAME, "a graph name").group())
         self.expect("(")
         if not self.parse_optional_literal(")"):
@@ -113,11 +123,10 @@ class _Parser:
                     break
                 self.expect(",", "',' or ')' after a graph input")
         self.expect("{")
-        while not self.peek("return"):
+        while not self.parse_optional_keyword("return"):
             if self.peek("}") or self.pos >= len(self.text):
                 raise self.error("expected a node or 'return' before the end of the graph")
             self.parse_node()
-        self.expect("return")
         outputs = [self.parse_use()]
         while self.parse_optional_literal(","):
             outputs.append(self.parse_use())
@@ -136,6 +145,7 @@ class _Parser:
 
     def parse_type(self) -> TensorType:
         """type ::= DTYPE "[" [dim ("," dim)*] "]" """
+        self.skip()
         pos = self.pos
         name = self.match(_NAME, "a dtype (f32, i64, bool, ...)").group()
         if name not in _DTYPES:
@@ -144,7 +154,11 @@ class _Parser:
         dims: list[symbolic.Dim] = []
         if not self.parse_optional_literal("]"):
             while True:
+                self.skip()
+                dim_pos = self.pos
                 dims.append(self.parse_dim(stop=",]"))
+                if isinstance(dims[-1], int) and dims[-1] < 0:
+                    raise self.error(f"expected a dim >= 0, found {dims[-1]}", dim_pos)
                 if self.parse_optional_literal("]"):
                     break
                 self.expect(",", "',' or ']' in the shape")
@@ -173,9 +187,10 @@ class _Parser:
         try:
             return symbolic.canonical(raw)
         except (ValueError, TypeError) as e:
-            raise self.error(f"bad dim expression {raw!r}: {e}", start) from None
+            raise self.error(str(e), start) from None
 
     def parse_use(self) -> Value:
+        self.skip()
         pos = self.pos
         name = self.match(_VALUE, "a value like %x").group(1)
         if name not in self.scope:
@@ -196,6 +211,8 @@ class _Parser:
             pos = self.pos
             name, type_ = self.parse_value_def()
             self.define(name, pos)
+            if any(name == d[0] for d in defs):
+                raise self.error(f"%{name} is defined twice", pos)
             defs.append((name, type_, pos))
             if not self.parse_optional_literal(","):
                 break
@@ -215,14 +232,16 @@ class _Parser:
                 self.expect(",", "',' or ')' in the input list")
         attrs = self.parse_attrs(opdef) if self.peek("{") else {}
         source = None
-        if self.parse_optional_literal("loc"):
+        if self.parse_optional_keyword("loc"):
             self.expect("(")
             source = self.parse_string()
             self.expect(")")
+        if op == "constant":
+            if inputs:
+                raise self.error("a constant takes no inputs", op_pos)
+            self.add_constant(defs, attrs, source, op_pos)
+            return
         try:
-            if op == "constant":
-                self.add_constant(defs, attrs, source, op_pos)
-                return
             node_attrs = opdef.normalize_attrs(attrs)
             inferred = opdef.infer_types([v.type for v in inputs], node_attrs)
         except KilnError as e:
@@ -251,6 +270,8 @@ class _Parser:
         if actual != declared:
             raise self.error(f"constant {ref!r} is declared {declared} but its data is {actual}",
                              def_pos)
+        if ref in graph.constants:
+            raise self.error(f"constant {ref!r} is already read by another constant node", pos)
         value = graph.add_constant(ref, array, value_name=name, source=source)
         self.scope[name] = value
 
@@ -296,6 +317,7 @@ class _Parser:
         if kind == "int":
             return int(self.match(_INT, "an integer").group())
         if kind == "float":
+            self.skip()
             pos = self.pos
             m = _FLOAT.match(self.text, self.pos) or _INT.match(self.text, self.pos)
             if not m:
@@ -308,6 +330,7 @@ class _Parser:
         if kind == "str":
             return self.parse_string()
         if kind == "dtype":
+            self.skip()
             pos = self.pos
             name = self.match(_NAME, "a dtype").group()
             if name not in _DTYPES:
@@ -323,8 +346,9 @@ class _Parser:
             raise self.error(f"expected a string, found {self.found()}")
         try:
             value, end = json.JSONDecoder().raw_decode(self.text, self.pos)
-        except json.JSONDecodeError as e:
-            raise self.error(f"bad string: {e.msg}") from None
+        except json.JSONDecodeError as e:  # e.msg ends in " at"; the caret shows where
+            raise self.error(f"bad string: {e.msg.removesuffix(' at')} "
+                             "(a string is a JSON string on one line)") from None
         self.pos = end
         return value
 
@@ -340,12 +364,12 @@ def weights_path(kir_path: str | Path) -> Path:
     return Path(kir_path).with_suffix(".safetensors")
 
 
-def save(graph: Graph, path: str | Path) -> None:
+def save(graph: Graph, path: str | Path, *, locations: bool = True) -> None:
     """Write `path` (.kir text) and, if the graph has constants, the weights beside it."""
     from .printer import print_graph
     from .weights import save_weights
     path = Path(path)
-    path.write_text(print_graph(graph))
+    path.write_text(print_graph(graph, locations=locations))
     if graph.constants:
         save_weights(graph.constants, weights_path(path))
 

@@ -52,18 +52,29 @@ def _is_default(attr: registry.Attr, value: Any) -> bool:
         return False
     default = attr.default
     if attr.kind == "float" and isinstance(value, float) and isinstance(default, float):
-        return value == default or (math.isnan(value) and math.isnan(default))
+        if math.isnan(value) or math.isnan(default):
+            return math.isnan(value) and math.isnan(default)
+        return value == default and math.copysign(1, value) == math.copysign(1, default)
     return type(value) is type(default) and value == default
 
 
 def format_attrs(node: Node) -> str:
-    opdef = registry.get_op(node.op)
+    """`{name=value, ...}` in schema order, defaults left out. A node the verifier
+    rejects (unknown op or attribute, value of the wrong kind) still formats, so
+    that the error can quote it; such text does not parse back."""
+    opdef = registry.get_op(node.op) if registry.has_op(node.op) else None
+    schema = opdef.attr_by_name if opdef is not None else {}
     parts = []
-    for attr in opdef.attrs:
+    for attr in schema.values():
         value = node.attrs.get(attr.name)
         if attr.name not in node.attrs or _is_default(attr, value):
             continue
-        parts.append(f"{attr.name}={format_attr_value(attr.kind, value)}")
+        try:
+            text = format_attr_value(attr.kind, value)
+        except (TypeError, ValueError, AttributeError):
+            text = repr(value)
+        parts.append(f"{attr.name}={text}")
+    parts += [f"{name}={value!r}" for name, value in node.attrs.items() if name not in schema]
     return " {" + ", ".join(parts) + "}" if parts else ""
 
 

@@ -103,13 +103,21 @@ def _norm_dim(v: Any) -> symbolic.Dim:
     return _norm_int(v)
 
 
+def _norm_list(item: Callable[[Any], Any]) -> Callable[[Any], tuple]:
+    def norm(v: Any) -> tuple:
+        if isinstance(v, (str, bytes)):  # a str is iterable, but "batch" is not a list of dims
+            raise TypeError("not a list")
+        return tuple(item(x) for x in v)
+    return norm
+
+
 _NORMALIZE: dict[str, Callable[[Any], Any]] = {
     "int": _norm_int, "float": _norm_float, "bool": _norm_bool, "str": _norm_str,
     "dtype": to_dtype,
-    "ints": lambda v: tuple(_norm_int(x) for x in v),
-    "floats": lambda v: tuple(_norm_float(x) for x in v),
+    "ints": _norm_list(_norm_int),
+    "floats": _norm_list(_norm_float),
     "dim": _norm_dim,
-    "dims": lambda v: tuple(_norm_dim(x) for x in v),
+    "dims": _norm_list(_norm_dim),
 }
 
 
@@ -207,7 +215,7 @@ class OpDef:
         self.check_arity(len(input_types))
         try:
             result = self.infer(*input_types, **attrs)
-        except TypeInferenceError as e:
+        except (TypeInferenceError, ValueError) as e:  # ValueError: a bad dim in a result type
             raise TypeInferenceError(f"op '{self.name}': {e}") from None
         return result if isinstance(result, tuple) else (result,)
 

@@ -7,6 +7,7 @@ Symbols are positive integers.
 """
 from __future__ import annotations
 
+import keyword
 import math
 import re
 from functools import lru_cache
@@ -23,17 +24,35 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 SYMBOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")
 
 
-@lru_cache(maxsize=4096)
+# A dim expression is integers, symbol names, + - * / // ** ( ) and calls of _FUNCS
+# (commas separate their arguments). Anything else (dots, quotes, brackets,
+# comparisons, Python keywords) is refused *before* sympy sees the text, because
+# sympy.parse_expr evaluates it as Python.
+_EXPR_CHARS = re.compile(r"^[A-Za-z0-9_\s+\-*/(),]*$")
+
+
+@lru_cache(maxsize=4096, typed=True)
 def to_expr(dim: Dim) -> sympy.Expr:
-    """The sympy expression of a dim."""
-    if isinstance(dim, (int, sympy.Integer)):
+    """The sympy expression of a dim. Raises ValueError for text that is not one."""
+    if isinstance(dim, (int, sympy.Integer)) and not isinstance(dim, bool):
         return sympy.Integer(int(dim))
-    names = {n: sympy.Symbol(n, integer=True, positive=True)
-             for n in _IDENT.findall(dim) if n not in _FUNCS}
+    if not isinstance(dim, str):
+        raise ValueError(f"not a dim: {dim!r} (expected an int or an expression string)")
+    if not _EXPR_CHARS.match(dim):
+        raise ValueError(f"not a dim expression: {dim!r} (use integers, symbol names, "
+                         "+ - * / ( ) and floor, ceiling, Max, Min, Mod)")
+    idents = _IDENT.findall(dim)
+    bad = [n for n in idents if keyword.iskeyword(n)]
+    if bad:
+        raise ValueError(f"not a dim expression: {dim!r} ({bad[0]!r} is a Python keyword)")
+    names = {n: sympy.Symbol(n, integer=True, positive=True) for n in idents if n not in _FUNCS}
     try:
-        return sympy.parse_expr(dim, local_dict={**_FUNCS, **names}, evaluate=True)
-    except (SyntaxError, TypeError, sympy.SympifyError) as e:
+        expr = sympy.parse_expr(dim, local_dict={**_FUNCS, **names}, evaluate=True)
+    except Exception as e:  # noqa: BLE001  sympy/tokenize raise many kinds; text is vetted above
         raise ValueError(f"not a dim expression: {dim!r} ({e})") from None
+    if not isinstance(expr, sympy.Expr):  # e.g. a bare function name: "floor"
+        raise ValueError(f"not a dim expression: {dim!r}")
+    return expr
 
 
 def from_expr(expr: sympy.Expr) -> Dim:
@@ -46,6 +65,7 @@ def from_expr(expr: sympy.Expr) -> Dim:
     return str(expr)
 
 
+@lru_cache(maxsize=4096, typed=True)  # sympy.simplify is slow; the same dims recur across a graph
 def canonical(dim: Dim) -> Dim:
     return dim if isinstance(dim, int) else from_expr(to_expr(dim))
 
@@ -103,6 +123,7 @@ def product(dims: Iterable[Dim]) -> Dim:
     return out
 
 
+@lru_cache(maxsize=4096, typed=True)
 def equal(a: Dim, b: Dim) -> bool:
     """True when the dims are provably equal for all symbol values."""
     if isinstance(a, int) and isinstance(b, int):

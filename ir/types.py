@@ -6,6 +6,7 @@ symbolic) dims and an element dtype.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -20,7 +21,7 @@ class TensorType:
     dtype: DType
 
     def __post_init__(self) -> None:
-        shape = tuple(symbolic.canonical(d) if isinstance(d, str) else int(d) for d in self.shape)
+        shape = tuple(_dim(d) for d in self.shape)
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "dtype", to_dtype(self.dtype))
 
@@ -49,6 +50,17 @@ class TensorType:
         return f"{self.dtype.name}[{', '.join(str(d) for d in self.shape)}]"
 
     __repr__ = __str__
+
+
+def _dim(d: object) -> Dim:
+    """A dim in canonical form; static dims must be non-negative integers."""
+    if isinstance(d, str):
+        return symbolic.canonical(d)
+    if isinstance(d, bool) or not hasattr(d, "__index__"):
+        raise ValueError(f"not a dim: {d!r} (expected a non-negative int or a symbol expression)")
+    if operator.index(d) < 0:
+        raise ValueError(f"dim {d} is negative")
+    return operator.index(d)
 
 
 def tensor(dtype: DType | str, *shape: Dim) -> TensorType:

@@ -55,6 +55,10 @@ def verify(graph: Graph) -> None:
             raise _fail(graph, node, "op-registered", f"unknown op '{node.op}'",
                         "check the spelling, or register the op in kiln/ir/ops")
         opdef = registry.get_op(node.op)
+        try:
+            opdef.check_arity(len(node.inputs))
+        except KilnError as e:
+            raise _fail(graph, node, "arity", str(e)) from None
         for v in node.inputs:
             if id(v) not in defined:
                 raise _fail(graph, node, "defined-before-use",
@@ -77,6 +81,10 @@ def verify(graph: Graph) -> None:
             except KilnError as e:
                 raise _fail(graph, node, "types", str(e)) from None
         actual = tuple(v.type for v in node.outputs)
+        if actual != expected and node.op == "constant":
+            raise _fail(graph, node, "constant-table",
+                        f"output types {list(actual)} differ from the array's {list(expected)}",
+                        f"the constant table entry {node.attrs['ref']!r} was replaced or reshaped")
         if actual != expected:
             raise _fail(graph, node, "types",
                         f"output types {list(actual)} differ from inferred {list(expected)}")

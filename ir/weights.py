@@ -26,7 +26,8 @@ def save_weights(constants: Mapping[str, np.ndarray], path: str | Path) -> None:
         if dt == bfloat16:
             array = array.view(np.uint16)
             dtypes[name] = dt.name
-        arrays[name] = np.ascontiguousarray(array)
+        # not np.ascontiguousarray: it turns a 0-d array into shape [1]
+        arrays[name] = array if array.flags.c_contiguous else np.array(array, order="C")
     save_file(arrays, str(path), metadata={_META_KEY: json.dumps(dtypes)})
 
 
@@ -36,9 +37,10 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
         arrays = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise KilnError(f"cannot read weights file {path}: {e}") from None
-    for name, dt in json.loads(meta.get(_META_KEY, "{}")).items():
-        if dt == bfloat16.name:
+        for name, dt in json.loads(meta.get(_META_KEY, "{}")).items():
+            if dt != bfloat16.name:
+                raise ValueError(f"metadata gives {name!r} the unknown dtype {dt!r}")
             arrays[name] = arrays[name].view(bfloat16.numpy)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise KilnError(f"cannot read weights file {path}: {e}") from None
     return arrays

@@ -2,7 +2,9 @@
 used by more than one op module. Nothing here is an op."""
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import warnings
+from typing import Iterator, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -15,10 +17,11 @@ from ..types import TensorType
 
 
 def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
-    """A possibly negative axis as a non-negative one; raises when out of range."""
-    if not -rank <= axis < max(rank, 1):
+    """A possibly negative axis as a non-negative one; raises when out of range
+    (a rank-0 tensor has no axes)."""
+    if not -rank <= axis < rank:
         raise type_error(f"{what} {axis} is out of range for rank {rank}")
-    return axis % rank if rank else 0
+    return axis % rank
 
 
 def normalize_axes(axes: Sequence[int], rank: int, what: str = "axes") -> tuple[int, ...]:
@@ -87,9 +90,11 @@ def window_out_dim(size: Dim, kernel: int, stride: int, pad_lo: int, pad_hi: int
     if not ceil_mode:
         return symbolic.add(symbolic.floordiv(numerator, stride), 1)
     out = symbolic.add(symbolic.ceildiv(numerator, stride), 1)
-    if isinstance(out, int) and isinstance(size, int) and (out - 1) * stride >= size + pad_lo:
-        out -= 1  # the last window must start inside the input or the left padding
-    return out
+    # the last window must start inside the input or the left padding
+    if isinstance(out, int) and isinstance(size, int):
+        return out - 1 if (out - 1) * stride >= size + pad_lo else out
+    # symbolic: the same rule as a min (exact while pad_hi < span, which pools require)
+    return symbolic.minimum(out, symbolic.ceildiv(symbolic.add(size, pad_lo), stride))
 
 
 def is_float_array(x: np.ndarray) -> bool:
@@ -103,3 +108,12 @@ def widen(x: np.ndarray) -> np.ndarray:
 
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+@contextlib.contextmanager
+def ieee() -> Iterator[None]:
+    """NumPy math without warnings (also a decorator: `@ieee()`): NaN and inf results
+    (0/0, log(0), the mean of nothing) are an op's semantics, not a problem to report."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield

@@ -32,9 +32,20 @@ def _numeric_unary(x: TensorType, **_) -> TensorType:
 
 def _in_f32(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     """Compute a float op in at least float32 and round back to the input dtype
-    (how torch computes half-precision math on the CPU)."""
+    (how torch computes half-precision math on the CPU). IEEE results (NaN, inf)
+    outside a function's domain are the semantics, not warnings."""
     def ref(x: np.ndarray, **attrs) -> np.ndarray:
-        return as_dtype(fn(widen(x), **attrs), x.dtype)
+        with np.errstate(all="ignore"):
+            return as_dtype(fn(widen(x), **attrs), x.dtype)
+    return ref
+
+
+def _as_array(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """`fn` with its result as an ndarray (NumPy ufuncs return scalars for 0-d inputs);
+    comparisons with NaN are False, not a warning."""
+    def ref(*arrays: np.ndarray, **attrs) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            return np.asarray(fn(*arrays, **attrs))
     return ref
 
 
@@ -87,10 +98,12 @@ _NUMERIC_UNARY: dict[str, Callable[..., np.ndarray]] = {
     "neg": np.negative,
     "abs": np.abs,
     "relu": lambda x: np.maximum(x, np.zeros((), x.dtype)),
-    "sign": np.sign,
+    "sign": lambda x: np.where(np.isnan(x), np.zeros((), x.dtype), np.sign(x))
+    if is_float_array(x) else np.sign(x),  # sign(NaN) = 0, as torch
     "floor": lambda x: np.floor(x) if is_float_array(x) else x,
     "ceil": lambda x: np.ceil(x) if is_float_array(x) else x,
     "round": lambda x: np.round(x) if is_float_array(x) else x,  # half to even, as torch
+    "trunc": lambda x: np.trunc(x) if is_float_array(x) else x,   # toward zero
 }
 for _name, _fn in _NUMERIC_UNARY.items():
     register(OpDef(_name, (X,), _numeric_unary, _keep_dtype(_fn), (), {ELEMENTWISE}))
@@ -105,7 +118,20 @@ def _clamp_ref(x: np.ndarray, min: float | None, max: float | None) -> np.ndarra
     return as_dtype(np.where(np.isnan(x), x, out) if is_float_array(x) else out, x.dtype)
 
 
-register(OpDef("clamp", (X,), _numeric_unary, _clamp_ref,
+def _clamp_infer(x: TensorType, *, min: float | None, max: float | None) -> TensorType:
+    _numeric_unary(x)
+    if x.dtype.is_integer:  # no implicit promotion: integer bounds the dtype can hold
+        info = np.iinfo(x.dtype.numpy)
+        for name, bound in (("min", min), ("max", max)):
+            if bound is not None and not float(bound).is_integer():
+                raise type_error(f"{name} {bound} must be an integer for a {x.dtype!r} input "
+                                 "(cast the input to a float type first)")
+            if bound is not None and not info.min <= bound <= info.max:
+                raise type_error(f"{name} {bound:g} does not fit {x.dtype!r}")
+    return x
+
+
+register(OpDef("clamp", (X,), _clamp_infer, _clamp_ref,
                (Attr("min", "float", None, optional=True), Attr("max", "float", None, optional=True)),
                {ELEMENTWISE}, doc="min/max bounds; None leaves that side open. NaN stays NaN."))
 
@@ -116,8 +142,8 @@ def _bool_unary(x: TensorType, **_) -> TensorType:
     return x.with_dtype(bool_)
 
 
-register(OpDef("isnan", (X,), _bool_unary, lambda x: np.isnan(x), (), {ELEMENTWISE}))
-register(OpDef("isinf", (X,), _bool_unary, lambda x: np.isinf(x), (), {ELEMENTWISE}))
+register(OpDef("isnan", (X,), _bool_unary, _as_array(np.isnan), (), {ELEMENTWISE}))
+register(OpDef("isinf", (X,), _bool_unary, _as_array(np.isinf), (), {ELEMENTWISE}))
 
 
 def _logical_not_infer(x: TensorType) -> TensorType:
@@ -126,7 +152,8 @@ def _logical_not_infer(x: TensorType) -> TensorType:
     return x
 
 
-register(OpDef("logical_not", (X,), _logical_not_infer, np.logical_not, (), {ELEMENTWISE}))
+register(OpDef("logical_not", (X,), _logical_not_infer, _as_array(np.logical_not), (),
+               {ELEMENTWISE}))
 
 
 def _bitwise_not_infer(x: TensorType) -> TensorType:
@@ -135,7 +162,7 @@ def _bitwise_not_infer(x: TensorType) -> TensorType:
     return x
 
 
-register(OpDef("bitwise_not", (X,), _bitwise_not_infer, np.invert, (), {ELEMENTWISE}))
+register(OpDef("bitwise_not", (X,), _bitwise_not_infer, _as_array(np.invert), (), {ELEMENTWISE}))
 
 
 def _cast_infer(x: TensorType, *, dtype) -> TensorType:
@@ -148,7 +175,7 @@ def _cast_ref(x: np.ndarray, *, dtype) -> np.ndarray:
     if is_float_array(x) and dtype.is_integer:  # float -> int truncates toward zero, as torch
         x = np.trunc(x)
     with np.errstate(invalid="ignore", over="ignore"):
-        return x.astype(dtype.numpy)
+        return np.asarray(x).astype(dtype.numpy)
 
 
 register(OpDef("cast", (X,), _cast_infer, _cast_ref, (Attr("dtype", "dtype"),), {ELEMENTWISE}))
@@ -171,18 +198,17 @@ def _float_binary_infer(a: TensorType, b: TensorType, **_) -> TensorType:
 
 def _binary_ref(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]):
     def ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if is_float_array(a) and a.dtype.itemsize < 4:
+        with np.errstate(all="ignore"):  # IEEE results and integer wrap-around are the semantics
             return as_dtype(fn(widen(a), widen(b)), a.dtype)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            return as_dtype(fn(a, b), a.dtype)
     return ref
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if is_float_array(a):
         return a / b
-    q = np.trunc(a.astype(np.float64) / np.where(b == 0, 1, b))  # integers truncate, as C/ONNX
-    return q
+    b = np.where(b == 0, 1, b)
+    q = np.floor_divide(a, b)  # exact; integers truncate toward zero, as C/ONNX
+    return q + ((q < 0) & (q * b != a)).astype(q.dtype)
 
 
 def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -227,7 +253,7 @@ def _compare_infer(a: TensorType, b: TensorType) -> TensorType:
 _COMPARE = {"eq": (np.equal, True), "ne": (np.not_equal, True), "lt": (np.less, False),
             "le": (np.less_equal, False), "gt": (np.greater, False), "ge": (np.greater_equal, False)}
 for _name, (_fn, _commutes) in _COMPARE.items():
-    register(OpDef(_name, (A, B), _compare_infer, _fn, (),
+    register(OpDef(_name, (A, B), _compare_infer, _as_array(_fn), (),
                    {ELEMENTWISE, COMPARISON} | ({COMMUTATIVE} if _commutes else set())))
 
 
@@ -239,7 +265,7 @@ def _logical_infer(a: TensorType, b: TensorType) -> TensorType:
 
 for _name, _fn in {"logical_and": np.logical_and, "logical_or": np.logical_or,
                    "logical_xor": np.logical_xor}.items():
-    register(OpDef(_name, (A, B), _logical_infer, _fn, (), {ELEMENTWISE, COMMUTATIVE}))
+    register(OpDef(_name, (A, B), _logical_infer, _as_array(_fn), (), {ELEMENTWISE, COMMUTATIVE}))
 
 
 def _bitwise_infer(a: TensorType, b: TensorType) -> TensorType:
@@ -251,7 +277,7 @@ def _bitwise_infer(a: TensorType, b: TensorType) -> TensorType:
 
 for _name, _fn in {"bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or,
                    "bitwise_xor": np.bitwise_xor}.items():
-    register(OpDef(_name, (A, B), _bitwise_infer, _fn, (), {ELEMENTWISE, COMMUTATIVE}))
+    register(OpDef(_name, (A, B), _bitwise_infer, _as_array(_fn), (), {ELEMENTWISE, COMMUTATIVE}))
 
 
 def _where_infer(cond: TensorType, a: TensorType, b: TensorType) -> TensorType:

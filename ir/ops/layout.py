@@ -1,6 +1,6 @@
 """Layout ops: move or select data without arithmetic — reshape, transpose,
 slice, concat, split, expand, squeeze/unsqueeze, flip, tile, pad, gather,
-gather_elements, and the triangle masks triu/tril."""
+gather_elements, index (advanced indexing), and the triangle masks triu/tril."""
 from __future__ import annotations
 
 import numpy as np
@@ -156,7 +156,7 @@ def _flip_infer(x: TensorType, *, axes) -> TensorType:
     return x
 
 
-register(OpDef("flip", (X,), _flip_infer, lambda x, *, axes: np.flip(x, tuple(axes)).copy(),
+register(OpDef("flip", (X,), _flip_infer, lambda x, *, axes: np.array(np.flip(x, tuple(axes))),
                (Attr("axes", "ints"),), {LAYOUT}))
 
 
@@ -174,13 +174,27 @@ def _pad_infer(x: TensorType, *, pads, mode, value) -> TensorType:
     if len(pads) != 2 * x.rank or any(p < 0 for p in pads):
         raise type_error(f"pads {list(pads)} must hold {2 * x.rank} non-negative values "
                          "(all begins, then all ends)")
+    if mode == "constant" and x.dtype.is_integer and not x.dtype.packed:
+        info = np.iinfo(x.dtype.numpy)
+        if not info.min <= value <= info.max:
+            raise type_error(f"pad value {value:g} does not fit {x.dtype!r}")
     r = x.rank
+    for i, d in enumerate(x.shape):
+        if not isinstance(d, int) or not pads[i] + pads[i + r]:
+            continue
+        if mode == "reflect" and max(pads[i], pads[i + r]) >= d:
+            raise type_error(f"reflect pads {list(pads)} must be less than the size {d} of "
+                             f"axis {i}")
+        if mode == "edge" and d == 0:
+            raise type_error(f"edge-padding axis {i} of {x}: an empty axis has no edge")
     return x.with_shape(tuple(symbolic.add(d, pads[i] + pads[i + r]) for i, d in enumerate(x.shape)))
 
 
 def _pad_ref(x: np.ndarray, *, pads, mode, value) -> np.ndarray:
     r = x.ndim
     widths = [(pads[i], pads[i + r]) for i in range(r)]
+    if r == 0:
+        return x.copy()
     if mode == "constant":
         return np.pad(x, widths, mode="constant", constant_values=np.asarray(value).astype(x.dtype))
     return np.pad(x, widths, mode=mode)
@@ -208,7 +222,7 @@ def _gather_ref(x: np.ndarray, indices: np.ndarray, *, axis) -> np.ndarray:
     size = x.shape[axis]
     if indices.size and (indices.min() < -size or indices.max() >= size):
         raise IndexError(f"index out of range [{-size}, {size}) on axis {axis}")
-    return np.take(x, indices, axis=axis)
+    return np.asarray(np.take(x, indices, axis=axis))
 
 
 register(OpDef("gather", (X, Operand("indices")), _gather_infer, _gather_ref,
@@ -221,6 +235,11 @@ def _gather_elements_infer(x: TensorType, indices: TensorType, *, axis) -> Tenso
     normalize_axis(axis, x.rank)
     if indices.rank != x.rank:
         raise type_error(f"indices rank {indices.rank} must equal input rank {x.rank}")
+    a = normalize_axis(axis, x.rank)
+    for i, (n, m) in enumerate(zip(indices.shape, x.shape)):
+        if i != a and isinstance(n, int) and isinstance(m, int) and n > m:
+            raise type_error(f"indices {indices} are larger than input {x} on axis {i} "
+                             f"(only axis {axis} may be)")
     return x.with_shape(indices.shape)
 
 
@@ -228,12 +247,39 @@ def _gather_elements_ref(x: np.ndarray, indices: np.ndarray, *, axis) -> np.ndar
     size = x.shape[axis]
     if indices.size and (indices.min() < -size or indices.max() >= size):
         raise IndexError(f"index out of range [{-size}, {size}) on axis {axis}")
+    # as torch.gather: outside `axis`, indices may be smaller than x and read its leading part
+    x = x[tuple(slice(None) if i == axis % x.ndim else slice(0, n)
+                for i, n in enumerate(indices.shape))]
     return np.take_along_axis(x, np.where(indices < 0, indices + size, indices), axis=axis)
 
 
 register(OpDef("gather_elements", (X, Operand("indices")), _gather_elements_infer,
                _gather_elements_ref, (Attr("axis", "int", 0),), {LAYOUT},
                doc="torch.gather / ONNX GatherElements"))
+
+
+def _index_infer(x: TensorType, *indices: TensorType, axis) -> TensorType:
+    for t in indices:
+        _index_check(t)
+    if axis < 0 or axis + len(indices) > x.rank:
+        raise type_error(f"{len(indices)} index tensor(s) from axis {axis} "
+                         f"do not fit rank {x.rank}")
+    shape = broadcast_shapes(*(t.shape for t in indices))
+    return x.with_shape(x.shape[:axis] + shape + x.shape[axis + len(indices):])
+
+
+def _index_ref(x: np.ndarray, *indices: np.ndarray, axis) -> np.ndarray:
+    for i, idx in enumerate(indices):
+        size = x.shape[axis + i]
+        if idx.size and (idx.min() < -size or idx.max() >= size):
+            raise IndexError(f"index out of range [{-size}, {size}) on axis {axis + i}")
+    return x[(slice(None),) * axis + tuple(indices)]
+
+
+register(OpDef("index", (X, Operand("indices", variadic=True)), _index_infer, _index_ref,
+               (Attr("axis", "int", 0),), {LAYOUT},
+               doc="NumPy advanced indexing x[(:,) * axis, i0, i1, ...]: the index tensors "
+                   "broadcast together and their shape replaces the indexed axes"))
 
 
 def _triangle_infer(x: TensorType, *, diagonal) -> TensorType:

@@ -9,7 +9,8 @@ import numpy as np
 from .. import symbolic
 from ..registry import CONTRACTION, REDUCTION, Attr, OpDef, Operand, register, type_error
 from ..types import TensorType
-from .common import as_dtype, broadcast_shapes, is_float_array, same_dtype, widen, window_out_dim
+from .common import (as_dtype, broadcast_shapes, ieee, is_float_array, same_dtype, widen,
+                     window_out_dim)
 
 A, B, X = Operand("a"), Operand("b"), Operand("x")
 
@@ -28,8 +29,8 @@ def _matmul_infer(a: TensorType, b: TensorType) -> TensorType:
 
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if a.dtype.kind in "iu":
-        return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(a.dtype)
+    if a.dtype.kind in "iu":  # wraps around in the input dtype, as torch
+        return as_dtype(np.matmul(a.astype(np.int64), b.astype(np.int64)), a.dtype)
     return as_dtype(np.matmul(widen(a), widen(b)), a.dtype)
 
 
@@ -154,6 +155,7 @@ def _pool_out_shape(x, kernel, strides, pads, dilations, ceil_mode):
                                dilations[i], ceil_mode)) for i in range(sp)]
 
 
+@ieee()
 def _max_pool(x, *, kernel, strides, pads, dilations, ceil_mode):
     sp = len(kernel)
     out_shape = _pool_out_shape(x, kernel, strides, pads, dilations, ceil_mode)
@@ -167,6 +169,7 @@ def _max_pool(x, *, kernel, strides, pads, dilations, ceil_mode):
     return win.max(axis=tuple(range(2 + sp, 2 + 2 * sp)))
 
 
+@ieee()
 def _avg_pool(x, *, kernel, strides, pads, ceil_mode, count_include_pad):
     sp = len(kernel)
     ones = (1,) * sp
@@ -204,6 +207,7 @@ def _adaptive_infer(x: TensorType, *, output_size) -> TensorType:
     return x.with_shape(x.shape[:2] + tuple(output_size))
 
 
+@ieee()
 def _adaptive_avg_pool(x, *, output_size):
     xw = widen(x)
     out = xw
@@ -234,7 +238,11 @@ def _sdpa_infer(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | 
     if mask is not None:
         if not (mask.dtype.is_bool or mask.dtype == dtype):
             raise type_error(f"mask must be bool or {dtype!r}, got {mask.dtype!r}")
-        broadcast_shapes(mask.shape, batch + (q.shape[-2], k.shape[-2]))
+        scores = batch + (q.shape[-2], k.shape[-2])
+        if mask.rank > len(scores) or not all(
+                symbolic.equal(d, e) for d, e in zip(broadcast_shapes(mask.shape, scores), scores)):
+            raise type_error(f"mask shape {list(mask.shape)} must broadcast to the scores' "
+                             f"{list(scores)} without enlarging them")
         if is_causal:
             raise type_error("give either a mask or is_causal, not both")
     return TensorType(batch + (q.shape[-2], v.shape[-1]), dtype)
@@ -249,11 +257,11 @@ def _sdpa(q, k, v, mask=None, *, is_causal, scale):
         mask = np.tril(np.ones((L, S), bool))
     if mask is not None:
         scores = np.where(mask, scores, -np.inf) if mask.dtype == bool else scores + widen(mask)
-    m = np.max(scores, axis=-1, keepdims=True)
-    e = np.exp(scores - np.where(np.isfinite(m), m, 0))
-    denom = np.sum(e, axis=-1, keepdims=True)
+    m = np.max(scores, axis=-1, keepdims=True, initial=-np.inf)  # S may be 0
     with np.errstate(invalid="ignore"):
-        p = e / denom  # a fully masked row gives NaN, as torch
+        e = np.exp(scores - np.where(np.isfinite(m), m, 0))
+    denom = np.sum(e, axis=-1, keepdims=True)
+    p = e / np.where(denom == 0, 1, denom)  # a fully masked row attends to nothing: 0, as torch
     return as_dtype(p @ vw, q.dtype)
 
 
@@ -263,4 +271,4 @@ register(OpDef("scaled_dot_product_attention",
                (Attr("is_causal", "bool", False), Attr("scale", "float", None, optional=True)),
                {CONTRACTION},
                doc="softmax(q k^T * scale + mask) v; a bool mask keeps True; scale defaults to "
-                   "1/sqrt(head_dim)"))
+                   "1/sqrt(head_dim); a fully masked row (or no keys) gives 0, as torch"))

@@ -10,7 +10,8 @@ import numpy as np
 from ..dtypes import int64
 from ..registry import REDUCTION, Attr, OpDef, Operand, register, type_error
 from ..types import TensorType
-from .common import as_dtype, normalize_axes, normalize_axis, reduced_shape, same_dtype, widen
+from .common import (as_dtype, ieee, normalize_axes, normalize_axis, reduced_shape,
+                     same_dtype, widen)
 
 X = Operand("x")
 AXES = Attr("axes", "ints", (), doc="axes to reduce; empty = all axes")
@@ -21,7 +22,9 @@ def _axes(x_rank: int, axes: tuple[int, ...]) -> tuple[int, ...]:
     return normalize_axes(axes, x_rank) if axes else tuple(range(x_rank))
 
 
-def _reduce_infer(kind: str):
+def _reduce_infer(kind: str, *, needs_elements: bool = False):
+    """Inference of a reduction over `axes`; `needs_elements`: the op has no identity
+    (max, min), so a reduced axis may not have size 0."""
     def infer(x: TensorType, *, axes, keepdims, **_) -> TensorType:
         if x.dtype.packed:
             raise type_error("cannot reduce packed int4")
@@ -31,8 +34,11 @@ def _reduce_infer(kind: str):
             raise type_error("input must be numeric, got bool")
         if kind == "bool" and not x.dtype.is_bool:
             raise type_error(f"input must be bool, got {x.dtype!r}")
-        out = reduced_shape(x.shape, _axes(x.rank, axes), keepdims)
-        return TensorType(out, x.dtype)
+        ax = _axes(x.rank, axes)
+        if needs_elements and any(x.shape[a] == 0 for a in ax):
+            raise type_error(f"reducing {x} over axes {list(ax)}: an empty axis has no "
+                             "maximum or minimum")
+        return TensorType(reduced_shape(x.shape, ax, keepdims), x.dtype)
     return infer
 
 
@@ -42,7 +48,8 @@ def _reduce_ref(fn: Callable, *, wide: bool = False):
         src = widen(x) if wide else x
         if ax and any(x.shape[a] == 0 for a in ax) and fn in (np.max, np.min):
             raise ValueError("max/min over an empty axis has no identity")
-        return as_dtype(fn(src, axis=ax, keepdims=keepdims, **attrs), x.dtype)
+        with ieee():  # NaN/inf results (the mean of nothing, var) are the semantics
+            return as_dtype(fn(src, axis=ax, keepdims=keepdims, **attrs), x.dtype)
     return ref
 
 
@@ -52,18 +59,15 @@ register(OpDef("prod", (X,), _reduce_infer("numeric"), _reduce_ref(np.prod, wide
                (AXES, KEEPDIMS), {REDUCTION}))
 register(OpDef("mean", (X,), _reduce_infer("float"), _reduce_ref(np.mean, wide=True),
                (AXES, KEEPDIMS), {REDUCTION}))
-register(OpDef("max", (X,), _reduce_infer("numeric"), _reduce_ref(np.max),
+register(OpDef("max", (X,), _reduce_infer("numeric", needs_elements=True), _reduce_ref(np.max),
                (AXES, KEEPDIMS), {REDUCTION}))
-register(OpDef("min", (X,), _reduce_infer("numeric"), _reduce_ref(np.min),
+register(OpDef("min", (X,), _reduce_infer("numeric", needs_elements=True), _reduce_ref(np.min),
                (AXES, KEEPDIMS), {REDUCTION}))
 register(OpDef("any", (X,), _reduce_infer("bool"), _reduce_ref(np.any),
                (AXES, KEEPDIMS), {REDUCTION}))
 register(OpDef("all", (X,), _reduce_infer("bool"), _reduce_ref(np.all),
                (AXES, KEEPDIMS), {REDUCTION}))
-register(OpDef("var", (X,), _reduce_infer("float"),
-               lambda x, *, axes, keepdims, correction: as_dtype(np.var(
-                   widen(x),
-                   axis=_axes(x.ndim, axes), keepdims=keepdims, ddof=correction), x.dtype),
+register(OpDef("var", (X,), _reduce_infer("float"), _reduce_ref(np.var, wide=True),
                (AXES, KEEPDIMS, Attr("correction", "int", 0, doc="1 = unbiased")), {REDUCTION}))
 
 
@@ -96,8 +100,8 @@ def _cumsum_infer(x: TensorType, *, axis) -> TensorType:
     return x
 
 
-register(OpDef("cumsum", (X,), _cumsum_infer,
-               lambda x, *, axis: as_dtype(np.cumsum(x, axis=axis), x.dtype),
+register(OpDef("cumsum", (X,), _cumsum_infer,  # half precision accumulates in float32
+               lambda x, *, axis: as_dtype(np.cumsum(widen(x), axis=axis), x.dtype),
                (Attr("axis", "int"),), {REDUCTION}))
 
 
@@ -109,6 +113,7 @@ def _softmax_infer(x: TensorType, *, axis) -> TensorType:
     return x
 
 
+@ieee()
 def _softmax(x: np.ndarray, *, axis: int) -> np.ndarray:
     w = widen(x)
     shifted = w - np.max(w, axis=axis, keepdims=True) if w.size else w
@@ -116,6 +121,7 @@ def _softmax(x: np.ndarray, *, axis: int) -> np.ndarray:
     return as_dtype(e / np.sum(e, axis=axis, keepdims=True), x.dtype)
 
 
+@ieee()
 def _log_softmax(x: np.ndarray, *, axis: int) -> np.ndarray:
     w = widen(x)
     shifted = w - np.max(w, axis=axis, keepdims=True) if w.size else w
@@ -145,6 +151,7 @@ def _norm_infer(x: TensorType, weight: TensorType | None = None, bias: TensorTyp
     return x
 
 
+@ieee()
 def _layer_norm(x, weight=None, bias=None, *, axis, eps):
     w = widen(x)
     axes = tuple(range(axis % x.ndim, x.ndim))
@@ -158,6 +165,7 @@ def _layer_norm(x, weight=None, bias=None, *, axis, eps):
     return as_dtype(y, x.dtype)
 
 
+@ieee()
 def _rms_norm(x, weight=None, *, axis, eps):
     w = widen(x)
     axes = tuple(range(axis % x.ndim, x.ndim))
@@ -186,6 +194,7 @@ def _batch_norm_infer(x, mean, var, weight=None, bias=None, *, eps) -> TensorTyp
     return x
 
 
+@ieee()
 def _batch_norm(x, mean, var, weight=None, bias=None, *, eps):
     shape = (1, -1) + (1,) * (x.ndim - 2)
     w = widen(x)
@@ -218,10 +227,11 @@ def _group_norm_infer(x, weight=None, bias=None, *, num_groups, eps) -> TensorTy
     return x
 
 
+@ieee()
 def _group_norm(x, weight=None, bias=None, *, num_groups, eps):
     w = widen(x)
     n, c = x.shape[:2]
-    g = w.reshape(n, num_groups, -1)
+    g = w.reshape(n, num_groups, x.size // max(n * num_groups, 1))  # no -1: n may be 0
     mean = g.mean(axis=2, keepdims=True)
     var = np.mean(np.square(g - mean), axis=2, keepdims=True)
     y = ((g - mean) / np.sqrt(var + eps)).reshape(x.shape)

@@ -1,0 +1,202 @@
+"""The `kiln` command (entry point `kiln = "kiln.cli:main"`).
+
+    kiln ir MODEL [-o OUT.kir] [--dynamic INPUT:AXIS=SYMBOL ...] [--no-locations]
+        print a model's IR: MODEL is a .py file with a model factory, a .pt2
+        ExportedProgram, or a .kir file (weights from the .safetensors beside it)
+    kiln check FILE.kir
+        parse and verify; print a one-line summary, or the error and exit 1
+
+Kiln errors print as one message (with file:line:col for parse errors) on stderr
+and exit with status 1, without a Python traceback. torch is imported only by
+commands that read a torch model, so `kiln check` works without it.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import logging
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from .errors import FrontendError, KilnError
+from .ir import Graph, load, print_graph, save, verify
+
+app = typer.Typer(name="kiln", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_show_locals=False,
+                  help="kiln: an ahead-of-time graph compiler for deep-learning models.")
+
+
+@app.callback()
+def _root() -> None:
+    """kiln: an ahead-of-time graph compiler for deep-learning models."""
+
+
+def _reports_kiln_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Print a KilnError as `error: <message>` on stderr and exit 1 (no traceback)."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KilnError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+    return run
+
+
+# --- kiln ir ---------------------------------------------------------------------------------
+_DYNAMIC = re.compile(r"^(?P<input>[^:=]+):(?P<axis>-?\d+)=(?P<symbol>[A-Za-z_][A-Za-z0-9_]*)$")
+TORCH_SUFFIXES = (".py", ".pt2")
+
+
+def parse_dynamic(specs: list[str]) -> dict[str | int, dict[int, str]]:
+    """`["x:0=batch", "x:1=seq", "1:0=batch"]` -> `{"x": {0: "batch", 1: "seq"}, 1: {0: "batch"}}`
+    (an all-digit INPUT is a position)."""
+    out: dict[str | int, dict[int, str]] = {}
+    for spec in specs:
+        m = _DYNAMIC.match(spec.strip())
+        if not m:
+            raise typer.BadParameter(f"{spec!r} is not INPUT:AXIS=SYMBOL (e.g. x:0=batch)",
+                                     param_hint="--dynamic")
+        name = m["input"]
+        key: str | int = int(name) if name.isdigit() else name
+        out.setdefault(key, {})[int(m["axis"])] = m["symbol"]
+    return out
+
+
+def _load_factory(path: Path, factory: str) -> tuple[Any, Any, dict]:
+    """Run `factory()` from the Python file `path`: returns (module, example_inputs,
+    dynamic_dims)."""
+    spec = importlib.util.spec_from_file_location(f"_kiln_model_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise FrontendError(f"{path}: cannot import this file as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent.resolve()))   # let the file import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    make = getattr(module, factory, None)
+    if not callable(make):
+        found = sorted(n for n, v in vars(module).items()
+                       if inspect.isfunction(v) and not n.startswith("_") and
+                       v.__module__ == module.__name__)
+        raise FrontendError(f"{path}: no function {factory}() (functions here: "
+                            f"{', '.join(found) or 'none'}); pick one with --factory NAME")
+    result = make()
+    if not isinstance(result, tuple) or len(result) not in (2, 3):
+        raise FrontendError(f"{path}: {factory}() must return (module, example_inputs) or "
+                            f"(module, example_inputs, dynamic_dims), got "
+                            f"{type(result).__name__}")
+    model, inputs = result[0], result[1]
+    dims = dict(result[2] or {}) if len(result) == 3 else {}
+    return model, inputs, dims
+
+
+def _import_torch(path: Path, factory: str, dynamic: dict) -> Graph:
+    try:
+        from .frontend.torch import import_model
+    except ImportError as e:
+        raise FrontendError(f"reading {path} needs torch and kiln.frontend.torch: {e}") from None
+    if path.suffix == ".pt2":
+        import torch
+        log = logging.getLogger("torch.export")   # it logs a traceback before raising
+        level = log.level
+        log.setLevel(logging.CRITICAL)
+        try:
+            program = torch.export.load(str(path))
+        except Exception as e:  # noqa: BLE001  torch raises many kinds for a bad archive
+            raise FrontendError(f"cannot load the ExportedProgram {path}: "
+                                f"{type(e).__name__}: {e}") from None
+        finally:
+            log.setLevel(level)
+        return import_model(program, None, dynamic or None)
+    model, inputs, dims = _load_factory(path, factory)
+    for key, axes in dynamic.items():        # --dynamic adds to (and overrides) the factory's
+        dims[key] = {**dict(dims.get(key, {})), **axes}
+    return import_model(model, inputs, dims or None)
+
+
+def read_model(path: Path, *, factory: str = "make_model",
+               dynamic: dict | None = None) -> Graph:
+    """A kiln graph from a .kir, .pt2 or .py file."""
+    if not path.exists():
+        raise KilnError(f"{path}: no such file")
+    if path.suffix in TORCH_SUFFIXES:
+        return _import_torch(path, factory, dynamic or {})
+    if dynamic:
+        raise KilnError(f"--dynamic applies to torch models (.py, .pt2), not to {path}")
+    if path.suffix != ".kir":
+        raise KilnError(f"{path}: kiln reads .kir, .pt2 and .py models "
+                        f"(not {path.suffix or 'files without a suffix'})")
+    return load(path)
+
+
+@app.command("ir")
+@_reports_kiln_errors
+def ir_command(
+    model: Path = typer.Argument(..., metavar="MODEL", help="A .py file with a model factory, a "
+                                 ".pt2 ExportedProgram, or a .kir file.", show_default=False),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="OUT.kir",
+                                          help="Write OUT.kir and its weights OUT.safetensors "
+                                               "instead of printing."),
+    dynamic: list[str] = typer.Option([], "--dynamic", metavar="INPUT:AXIS=SYMBOL",
+                                      help="Make an input's axis symbolic (repeatable); INPUT "
+                                           "is a name or a position, e.g. x:0=batch."),
+    factory: str = typer.Option("make_model", "--factory", metavar="NAME",
+                                help="The function of a .py MODEL that returns (module, "
+                                     "example_inputs[, dynamic_dims])."),
+    no_locations: bool = typer.Option(False, "--no-locations",
+                                      help="Leave out loc(...) source locations."),
+) -> None:
+    """Print a model's kiln IR (.kir text)."""
+    graph = read_model(model, factory=factory, dynamic=parse_dynamic(dynamic))
+    verify(graph)
+    if output is None:
+        typer.echo(print_graph(graph, locations=not no_locations), nl=False)
+        return
+    if output.suffix != ".kir":
+        output = output.with_name(output.name + ".kir")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save(graph, output, locations=not no_locations)
+    weights = f" and {output.with_suffix('.safetensors')}" if graph.constants else ""
+    typer.echo(f"wrote {output}{weights}")
+
+
+# --- kiln check ------------------------------------------------------------------------------
+def summary(graph: Graph) -> str:
+    """`name: N nodes, K ops (op xN, ...); (inputs) -> (outputs)` on one line."""
+    counts = Counter(n.op for n in graph.nodes)
+    ops = ", ".join(f"{op} x{c}" for op, c in sorted(counts.items()))
+    sig = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
+    outs = ", ".join(f"%{v.name}: {v.type}" for v in graph.outputs)
+    return (f"{graph.name}: {len(graph.nodes)} nodes, {len(counts)} ops ({ops}); "
+            f"({sig}) -> ({outs})")
+
+
+@app.command("check")
+@_reports_kiln_errors
+def check_command(
+    file: Path = typer.Argument(..., metavar="FILE.kir", show_default=False,
+                                help="A .kir file; its weights are read from the .safetensors "
+                                     "file beside it."),
+) -> None:
+    """Parse and verify a .kir file; print a one-line summary."""
+    if not file.exists():
+        raise KilnError(f"{file}: no such file")
+    graph = load(file)
+    verify(graph)
+    typer.echo(f"ok {summary(graph)}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
