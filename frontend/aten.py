@@ -14,14 +14,13 @@ Imports torch and kiln.ir only.
 """
 from __future__ import annotations
 
-import math
 import operator
 from typing import Any, Callable, Sequence
 
 import torch
 
 from ..ir import Graph, Value, dtype as kiln_dtype, symbolic
-from ..ir.dtypes import DType, bool_, int64
+from ..ir.dtypes import DType, bool_
 from ..ir.ops.layout import BIG
 from ..ir.symbolic import Dim
 
@@ -105,19 +104,14 @@ class Emitter:
             return v
         return self.emit("cast", [v], name=name or self.aux("cast"), dtype=dtype)
 
-    def result_dtype(self, *args: Any) -> DType:
-        """torch's type promotion of tensor and scalar arguments (`torch.result_type`)."""
-        def standin(a: Any) -> Any:
-            if isinstance(a, torch.fx.Node):
-                a = a.meta["val"]
-            if isinstance(a, torch.Tensor):
-                return torch.empty((1,) * min(a.dim(), 1), dtype=a.dtype)
-            return {torch.SymInt: 1, torch.SymFloat: 1.0, torch.SymBool: True}.get(type(a), a)
-        args = [standin(a) for a in args if a is not None]
-        out = args[0] if len(args) == 1 else torch.result_type(args[0], args[1])
-        for a in args[2:]:
-            out = torch.result_type(torch.empty(1, dtype=out), a)
-        return to_kiln_dtype(out if isinstance(out, torch.dtype) else out.dtype)
+    def result_dtype(self, a: Any, b: Any) -> DType:
+        """torch's type promotion of two tensor or scalar arguments (`torch.result_type`)."""
+        def standin(x: Any) -> Any:   # a tensor of the same dtype and "dimensionality"
+            x = x.meta["val"] if isinstance(x, torch.fx.Node) else x
+            if isinstance(x, torch.Tensor):
+                return torch.empty((1,) * min(x.dim(), 1), dtype=x.dtype)
+            return {torch.SymInt: 1, torch.SymFloat: 1.0, torch.SymBool: True}.get(type(x), x)
+        return to_kiln_dtype(torch.result_type(standin(a), standin(b)))
 
     # --- emitting -----------------------------------------------------------------------
     def aux(self, op: str) -> str:
@@ -140,7 +134,7 @@ def _axis(dim: int, rank: int) -> int:
     return dim % rank if rank else 0
 
 
-def _rank(cx: Emitter, arg: Any) -> int:
+def _rank(arg: Any) -> int:
     return arg.meta["val"].dim()
 
 
@@ -398,7 +392,7 @@ def _spatial(values: Sequence[int], n: int, what: str) -> tuple[int, ...]:
 def _convolution(cx: Emitter, x, weight, bias, stride, padding, dilation, transposed,
                  output_padding, groups):
     require(not transposed, "transposed convolution")
-    n = _rank(cx, x) - 2
+    n = _rank(x) - 2
     pads = _spatial(padding, n, "padding")
     return cx.emit("conv", [cx.value(x), cx.value(weight)] +
                    ([cx.value(bias)] if bias is not None else []),
@@ -407,7 +401,7 @@ def _convolution(cx: Emitter, x, weight, bias, stride, padding, dilation, transp
 
 
 def _max_pool(cx: Emitter, x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
-    n = _rank(cx, x) - 2
+    n = _rank(x) - 2
     kernel = _spatial(kernel_size, n, "kernel_size")
     pads = _spatial(padding, n, "padding")
     out = cx.emit("max_pool", [cx.value(x)], kernel=kernel,
@@ -419,7 +413,7 @@ def _max_pool(cx: Emitter, x, kernel_size, stride=(), padding=0, dilation=1, cei
 def _avg_pool(cx: Emitter, x, kernel_size, stride=(), padding=0, ceil_mode=False,
               count_include_pad=True, divisor_override=None):
     require(divisor_override is None, f"divisor_override={divisor_override}")
-    n = _rank(cx, x) - 2
+    n = _rank(x) - 2
     kernel = _spatial(kernel_size, n, "kernel_size")
     pads = _spatial(padding, n, "padding")
     return cx.emit("avg_pool", [cx.value(x)], kernel=kernel,
@@ -474,25 +468,25 @@ def _expand(cx: Emitter, x, *_, **__):
 
 
 def _permute(cx: Emitter, x, dims):
-    rank = _rank(cx, x)
+    rank = _rank(x)
     perm = tuple(_axis(d, rank) for d in dims)
     return cx.value(x) if perm == tuple(range(rank)) else \
         cx.emit("transpose", [cx.value(x)], perm=perm)
 
 
 def _transpose(cx: Emitter, x, dim0, dim1):
-    perm = list(range(_rank(cx, x)))
+    perm = list(range(_rank(x)))
     a, b = _axis(dim0, len(perm)), _axis(dim1, len(perm))
     perm[a], perm[b] = perm[b], perm[a]
     return _permute(cx, x, perm)
 
 
 def _t(cx: Emitter, x):
-    return _permute(cx, x, list(reversed(range(_rank(cx, x)))))
+    return _permute(cx, x, list(reversed(range(_rank(x)))))
 
 
 def _unsqueeze(cx: Emitter, x, dim):
-    return cx.emit("unsqueeze", [cx.value(x)], axes=(_axis(dim, _rank(cx, x) + 1),))
+    return cx.emit("unsqueeze", [cx.value(x)], axes=(_axis(dim, _rank(x) + 1),))
 
 
 def _squeeze(cx: Emitter, x, dim=None):
@@ -508,9 +502,10 @@ def _slice(cx: Emitter, x, dim=0, start=None, end=None, step=1):
     start = 0 if start is None else cx.dim(start)
     end = BIG if end is None else cx.dim(end)
     end = BIG if isinstance(end, int) and end >= BIG else end
-    if start == 0 and end == BIG and step == 1:
-        return v
-    return cx.emit("slice", [v], axis=_axis(dim, v.type.rank), start=start, end=end, step=step)
+    axis = _axis(dim, v.type.rank)
+    if start == 0 and step == 1 and (end == BIG or cx.out_shape()[axis] == v.type.shape[axis]):
+        return v   # the whole axis (torch clamps an end past it)
+    return cx.emit("slice", [v], axis=axis, start=start, end=end, step=step)
 
 
 def _select(cx: Emitter, x, dim, index):
@@ -554,7 +549,7 @@ def _constant_pad(cx: Emitter, x, pad, value=0):
 
 
 def _flip(cx: Emitter, x, dims):
-    return cx.emit("flip", [cx.value(x)], axes=tuple(_axis(d, _rank(cx, x)) for d in dims))
+    return cx.emit("flip", [cx.value(x)], axes=tuple(_axis(d, _rank(x)) for d in dims))
 
 
 def _repeat(cx: Emitter, x, repeats):
@@ -566,16 +561,11 @@ def _repeat(cx: Emitter, x, repeats):
 
 
 def _gather(cx: Emitter, x, dim, index, sparse_grad=False):
-    v, idx = cx.value(x), cx.value(index)
-    axis = _axis(dim, v.type.rank)
-    for a, (d, i) in enumerate(zip(v.type.shape, idx.type.shape)):
-        if a != axis and not symbolic.equal(d, i):   # torch reads only the leading part
-            v = cx.emit("slice", [v], name=cx.aux("slice"), axis=a, start=0, end=i)
-    return cx.emit("gather_elements", [v, idx], axis=axis)
+    return cx.emit("gather_elements", [cx.value(x), cx.value(index)], axis=_axis(dim, _rank(x)))
 
 
 def _index_select(cx: Emitter, x, dim, index):
-    return cx.emit("gather", [cx.value(x), cx.value(index)], axis=_axis(dim, _rank(cx, x)))
+    return cx.emit("gather", [cx.value(x), cx.value(index)], axis=_axis(dim, _rank(x)))
 
 
 def _index(cx: Emitter, x, indices):
@@ -603,7 +593,7 @@ def _getitem(cx: Emitter, items, index):
     return item
 
 
-_FLOAT_UNARY = ["exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "reciprocal", "sin", "cos",
+_UNARY = ["exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "reciprocal", "sin", "cos",
                 "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh",
                 "erf", "sigmoid", "silu", "hardsigmoid", "hardswish", "mish", "neg", "abs", "relu",
                 "sign", "floor", "ceil", "trunc"]
@@ -612,17 +602,18 @@ _ARITH = {"add": "add", "sub": "sub", "mul": "mul", "maximum": "maximum", "minim
           "bitwise_and": "bitwise_and", "bitwise_or": "bitwise_or", "bitwise_xor": "bitwise_xor"}
 
 
-
 def _overloads(name: str) -> list:
-    """The tensor-tensor and tensor-scalar overloads of a binary ATen op."""
+    """The tensor-tensor and tensor-scalar overloads of a binary ATen op (not the
+    scalar-scalar ones, which are size arithmetic)."""
     packet = getattr(aten, name)
-    return [getattr(packet, o) for o in ("default", "Tensor", "Scalar") if o in packet.overloads()]
+    ops = [getattr(packet, o) for o in ("default", "Tensor", "Scalar") if o in packet.overloads()]
+    return [op for op in ops if str(op._schema.arguments[0].type) == "Tensor"]
 
 
 CONVERTERS: dict[Any, Callable] = {
     operator.getitem: _getitem,
     # elementwise
-    **{getattr(aten, n).default: _unary(n) for n in _FLOAT_UNARY},
+    **{getattr(aten, n).default: _unary(n) for n in _UNARY},
     aten.round.default: _unary("round"),
     aten.gelu.default: _unary("gelu", approximate="approximate"),
     aten.leaky_relu.default: _unary("leaky_relu", negative_slope="negative_slope"),

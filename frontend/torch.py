@@ -22,7 +22,7 @@ import inspect
 import operator
 import os
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import ml_dtypes
 import numpy as np
@@ -56,7 +56,9 @@ def import_model(model: "torch.nn.Module | ExportedProgram", example_inputs: Any
             raise FrontendError(f"importing the nn.Module {type(model).__name__} needs "
                                 "example_inputs to export it with")
         ep, dynamic_dims = _export(model, example_inputs, dynamic_dims or {})
-        name, training = type(model).__name__, model.training
+        name = type(model).__name__
+        training = any(m.training for m in model.modules() if isinstance(
+            m, (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._NormBase)))
     else:
         raise FrontendError(f"import_model takes an nn.Module or an ExportedProgram, "
                             f"got {type(model).__name__}")
@@ -65,8 +67,8 @@ def import_model(model: "torch.nn.Module | ExportedProgram", example_inputs: Any
         if isinstance(op, torch._ops.OpOverload) and op in table:
             del table[op]
     ep = ep.run_decompositions(table)
-    what = f"torch model {name}" + (" (in training mode: call model.eval() first?)"
-                                    if training else "")
+    what = f"torch model {name}" + (" (its dropout/batch-norm layers are in training mode: "
+                                    "call model.eval() first?)" if training else "")
     graph = _Importer(ep, name, dynamic_dims or {}, what).run()
     verify(graph)
     return graph
@@ -141,6 +143,7 @@ class _Dims:
 
     def __init__(self) -> None:
         self.names: dict[sympy.Symbol, str] = {}   # torch symbol -> kiln symbol
+        self._cache: dict[sympy.Expr, KilnDim] = {}
 
     def __call__(self, size: Any) -> KilnDim:
         if isinstance(size, bool):
@@ -156,10 +159,11 @@ class _Dims:
         env = size.node.shape_env
         if env is not None:
             expr = env.replace(expr)
-        unknown = [s for s in expr.free_symbols if s not in self.names]
-        if unknown:
-            raise Unsupported(f"data-dependent size {expr}")
-        return symbolic.from_expr(self._convert(expr))
+        if expr not in self._cache:
+            if any(s not in self.names for s in expr.free_symbols):
+                raise Unsupported(f"data-dependent size {expr}")
+            self._cache[expr] = symbolic.from_expr(self._convert(expr))
+        return self._cache[expr]
 
     def _convert(self, e: sympy.Expr) -> sympy.Expr:
         if e.is_Integer or e.is_Rational:
@@ -263,7 +267,8 @@ class _Importer:
             node = by_position.get(key) if isinstance(key, int) else \
                 next((n for n in user if n.name == key), None)
             if node is None or not _is_tensor(node):
-                continue
+                raise FrontendError(f"dynamic_dims names input {key!r}, but the program's "
+                                    f"tensor inputs are {[n.name for n in user if _is_tensor(n)]}")
             shape = node.meta["val"].shape
             for axis, symbol in axes.items():
                 size = shape[axis] if -len(shape) <= axis < len(shape) else None
@@ -287,7 +292,8 @@ class _Importer:
         if spec.kind == InputKind.USER_INPUT:
             if _is_tensor(node):
                 try:
-                    self.values[node] = self.graph.add_input(node.name, self._type(node.meta["val"]))
+                    self.values[node] = self.graph.add_input(node.name,
+                                                             self._type(node.meta["val"]))
                 except Unsupported as e:
                     self._record(f"input {node.name} ({e})", node)
             return
@@ -352,7 +358,8 @@ class _Importer:
                 continue
             expected = self._type(m)
             same = value.type.dtype == expected.dtype and value.type.rank == expected.rank and \
-                all(symbolic.equal(a, b) for a, b in zip(value.type.shape, expected.shape))
+                all(a == b or symbolic.equal(a, b) for a, b in zip(value.type.shape,
+                                                                   expected.shape))
             if not same:
                 raise FrontendError(f"importing fx node {node.format_node()}: kiln made "
                                     f"{value.type} but torch has {expected}")

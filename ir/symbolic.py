@@ -55,6 +55,7 @@ def to_expr(dim: Dim) -> sympy.Expr:
     return expr
 
 
+@lru_cache(maxsize=16384)  # sympy.simplify is slow; the same dims recur across a graph
 def from_expr(expr: sympy.Expr) -> Dim:
     """The canonical dim for a sympy expression: an int when constant, else its text."""
     expr = sympy.simplify(expr) if not expr.is_Atom else expr
@@ -126,7 +127,7 @@ def product(dims: Iterable[Dim]) -> Dim:
 @lru_cache(maxsize=4096, typed=True)
 def equal(a: Dim, b: Dim) -> bool:
     """True when the dims are provably equal for all symbol values."""
-    if isinstance(a, int) and isinstance(b, int):
+    if a == b or (isinstance(a, int) and isinstance(b, int)):
         return a == b
     return sympy.simplify(to_expr(a) - to_expr(b)) == 0
 

@@ -93,6 +93,8 @@ def window_out_dim(size: Dim, kernel: int, stride: int, pad_lo: int, pad_hi: int
     # the last window must start inside the input or the left padding
     if isinstance(out, int) and isinstance(size, int):
         return out - 1 if (out - 1) * stride >= size + pad_lo else out
+    if pad_hi + stride <= span:  # then (out - 1) * stride < size + pad_lo always
+        return out
     # symbolic: the same rule as a min (exact while pad_hi < span, which pools require)
     return symbolic.minimum(out, symbolic.ceildiv(symbolic.add(size, pad_lo), stride))
 

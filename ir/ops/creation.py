@@ -28,6 +28,8 @@ def _full_infer(*, shape, value, dtype) -> TensorType:
         raise type_error(f"shape {list(shape)} has a negative dim")
     if dtype.packed:
         raise type_error("full cannot make packed int4")
+    if dtype.is_integer and not np.iinfo(dtype.numpy).min <= value <= np.iinfo(dtype.numpy).max:
+        raise type_error(f"value {value:g} does not fit {dtype!r}")
     return TensorType(tuple(shape), dtype)
 
 

@@ -90,6 +90,13 @@ for _name, (_fn, _attrs) in _FLOAT_UNARY.items():
     register(OpDef(_name, (X,), _float_unary, _in_f32(_fn), _attrs, {ELEMENTWISE}))
 
 
+def _sign(x: np.ndarray) -> np.ndarray:
+    """-1, 0 or 1; sign(NaN) = 0, as torch."""
+    if is_float_array(x):
+        return np.where(np.isnan(x), np.zeros((), x.dtype), np.sign(x))
+    return np.sign(x)
+
+
 def _keep_dtype(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     return lambda x, **attrs: as_dtype(fn(x, **attrs), x.dtype)
 
@@ -98,8 +105,7 @@ _NUMERIC_UNARY: dict[str, Callable[..., np.ndarray]] = {
     "neg": np.negative,
     "abs": np.abs,
     "relu": lambda x: np.maximum(x, np.zeros((), x.dtype)),
-    "sign": lambda x: np.where(np.isnan(x), np.zeros((), x.dtype), np.sign(x))
-    if is_float_array(x) else np.sign(x),  # sign(NaN) = 0, as torch
+    "sign": _sign,
     "floor": lambda x: np.floor(x) if is_float_array(x) else x,
     "ceil": lambda x: np.ceil(x) if is_float_array(x) else x,
     "round": lambda x: np.round(x) if is_float_array(x) else x,  # half to even, as torch
@@ -207,8 +213,8 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if is_float_array(a):
         return a / b
     b = np.where(b == 0, 1, b)
-    q = np.floor_divide(a, b)  # exact; integers truncate toward zero, as C/ONNX
-    return q + ((q < 0) & (q * b != a)).astype(q.dtype)
+    q = np.floor_divide(a, b)  # exact (no float detour); integers truncate toward zero, as C/ONNX
+    return q + ((q < 0) & (np.remainder(a, b) != 0)).astype(q.dtype)
 
 
 def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -232,10 +232,9 @@ register(OpDef("gather", (X, Operand("indices")), _gather_infer, _gather_ref,
 
 def _gather_elements_infer(x: TensorType, indices: TensorType, *, axis) -> TensorType:
     _index_check(indices)
-    normalize_axis(axis, x.rank)
+    a = normalize_axis(axis, x.rank)
     if indices.rank != x.rank:
         raise type_error(f"indices rank {indices.rank} must equal input rank {x.rank}")
-    a = normalize_axis(axis, x.rank)
     for i, (n, m) in enumerate(zip(indices.shape, x.shape)):
         if i != a and isinstance(n, int) and isinstance(m, int) and n > m:
             raise type_error(f"indices {indices} are larger than input {x} on axis {i} "
@@ -273,7 +272,7 @@ def _index_ref(x: np.ndarray, *indices: np.ndarray, axis) -> np.ndarray:
         size = x.shape[axis + i]
         if idx.size and (idx.min() < -size or idx.max() >= size):
             raise IndexError(f"index out of range [{-size}, {size}) on axis {axis + i}")
-    return x[(slice(None),) * axis + tuple(indices)]
+    return np.asarray(x[(slice(None),) * axis + tuple(indices)])
 
 
 register(OpDef("index", (X, Operand("indices", variadic=True)), _index_infer, _index_ref,

@@ -16,6 +16,9 @@ from kiln.errors import FrontendError, UnsupportedOpsError
 from kiln.frontend.torch import import_model
 from kiln.testing import assert_same_outputs
 
+# torch.export's own pytree code warns about its internals
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 
 

@@ -17,6 +17,9 @@ import torch
 from kiln.frontend.torch import import_model
 from kiln.testing import assert_roundtrip, assert_same_outputs
 
+# torch.export's own pytree code warns about its internals
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+
 F32 = {"rtol": 1e-4, "atol": 1e-5}
 BF16 = {"rtol": 2e-2, "atol": 5e-2}
 F16 = {"rtol": 5e-3, "atol": 5e-3}

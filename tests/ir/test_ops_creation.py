@@ -48,7 +48,11 @@ def test_arange(data, dt):
     attrs = {"end": end, "step": step, "dtype": dt}
     if start or data.draw(st.booleans()):
         attrs["start"] = start
-    check_op("arange", [], attrs, torch.arange(start, end, step, dtype=torch_dtype(dt)))
+    if (end - start) * step < 0:  # torch refuses an empty range there; kiln's is empty
+        expected = torch.zeros(0, dtype=torch_dtype(dt))
+    else:
+        expected = torch.arange(start, end, step, dtype=torch_dtype(dt))
+    check_op("arange", [], attrs, expected)
 
 
 @exercises("arange")

@@ -65,8 +65,6 @@ def test_elu_and_leaky_relu(data, alpha):
 
 def test_activation_defaults_match_torch():
     x = np.linspace(-30, 30, 61, dtype=np.float32)
-    b = build("gelu", [x])
-    assert b.nodes[0].attrs["approximate"] == "none"
     for op, fn in {"gelu": F.gelu, "softplus": F.softplus, "elu": F.elu,
                    "leaky_relu": F.leaky_relu}.items():
         check_op(op, [x], {}, fn(to_torch(x)))

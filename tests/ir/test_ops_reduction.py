@@ -234,7 +234,8 @@ def test_reduction_shapes_with_symbolic_dims():
     assert infer("argmax", x, axis=1, keepdims=True) == tensor("i64", "b", 1, 4)
     assert infer("softmax", x, axis=1) == x
     assert infer("layer_norm", x, tensor("f32", "s", 4), axis=1) == x
-    assert infer("group_norm", tensor("f16", "n", 6, "h"), num_groups=3) == tensor("f16", "n", 6, "h")
+    assert infer("group_norm", tensor("f16", "n", 6, "h"), num_groups=3) == \
+        tensor("f16", "n", 6, "h")
     assert infer("cumsum", tensor("i32", "n"), axis=0) == tensor("i32", "n")
 
 
