@@ -31,6 +31,7 @@ from .dtypes import from_numpy
 from .types import TensorType
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.]*$")
+GRAPH_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(eq=False)
@@ -81,6 +82,9 @@ class Graph:
     """Ordered nodes over SSA values, named inputs and outputs, and a constant table."""
 
     def __init__(self, name: str = "main"):
+        if not GRAPH_NAME_PATTERN.match(name):
+            raise VerifyError(f"invalid graph name {name!r}: use letters, digits and '_', "
+                              "not starting with a digit", rule="graph-name")
         self.name = name
         self.inputs: list[Value] = []
         self.nodes: list[Node] = []

@@ -56,8 +56,9 @@ def bind_inputs(graph: Graph, inputs: Sequence[np.ndarray] | Mapping[str, np.nda
     for value, array in zip(graph.inputs, out):
         try:
             expected = value.type.concrete_shape(bindings)
-        except KeyError as e:
-            raise InterpretError(f"input %{value.name}: {e}") from None
+        except KeyError as e:  # str(KeyError) would quote the message
+            raise InterpretError(f"input %{value.name}: {e.args[0]}; no input binds it "
+                                 "alone (bind each symbol by an axis of its own)") from None
         if expected != array.shape:
             raise InterpretError(f"input %{value.name}: expected shape {list(value.type.shape)} "
                                  f"= {list(expected)}, got {list(array.shape)}")
@@ -87,6 +88,10 @@ def interpret(graph: Graph, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarr
             args = [env[id(v)] for v in node.inputs]
             try:
                 attrs = opdef.bind_attrs(node.attrs, bindings)
+            except KeyError as e:
+                raise InterpretError(f"while executing {node.format()}: {e.args[0]}, which no "
+                                     "graph input binds") from None
+            try:
                 results = opdef.run_reference(args, attrs)
             except KilnError:
                 raise

@@ -369,7 +369,7 @@ def save(graph: Graph, path: str | Path, *, locations: bool = True) -> None:
     from .printer import print_graph
     from .weights import save_weights
     path = Path(path)
-    path.write_text(print_graph(graph, locations=locations))
+    path.write_text(print_graph(graph, locations=locations), encoding="utf-8")
     if graph.constants:
         save_weights(graph.constants, weights_path(path))
 
@@ -379,9 +379,12 @@ def load(path: str | Path) -> Graph:
     from .weights import load_weights
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise KilnError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise KilnError(f"cannot read {path}: not UTF-8 text (byte {e.start}); "
+                        "is it a .kir file?") from None
     wpath = weights_path(path)
     constants = load_weights(wpath) if wpath.exists() else None
     return parse(text, constants, filename=str(path))

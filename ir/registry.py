@@ -13,7 +13,7 @@ of op names; backends attach lowerings to an existing entry, never redefine it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -151,6 +151,8 @@ class OpDef:
     traits: frozenset[str] = frozenset()
     num_outputs: int = 1
     doc: str = ""
+    # backend name -> lowering function; filled by the backends (`register_lowering`)
+    lowerings: dict[str, Callable[..., Any]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.traits = frozenset(self.traits)
@@ -254,6 +256,21 @@ def all_ops() -> dict[str, OpDef]:
 def ops_with(trait: str) -> frozenset[str]:
     """Names of the ops that have `trait` (e.g. `ops_with(ELEMENTWISE)`)."""
     return frozenset(name for name, op in _REGISTRY.items() if trait in op.traits)
+
+
+def register_lowering(op: str, backend: str) -> Callable[[Callable], Callable]:
+    """Decorator by which a backend attaches its lowering of `op` to the registry entry:
+
+        @register_lowering("softmax", backend="tvm")
+        def lower_softmax(ctx, x, *, axis): ...
+    """
+    def attach(fn: Callable) -> Callable:
+        opdef = get_op(op)
+        if backend in opdef.lowerings:
+            raise ValueError(f"op '{op}' already has a '{backend}' lowering")
+        opdef.lowerings[backend] = fn
+        return fn
+    return attach
 
 
 def type_error(message: str) -> TypeInferenceError:

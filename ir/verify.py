@@ -10,13 +10,14 @@ Rules (each error names the node and the rule):
   use-lists         each value's users are exactly the nodes that read it
   constant-table    a constant node's `ref` exists and its array matches the type
   outputs           graph outputs are defined values; the graph has at least one
+  graph-name        the graph's name is a NAME of the .kir grammar (so its text parses)
 """
 from __future__ import annotations
 
 from ..errors import KilnError, VerifyError
 from . import registry
 from .dtypes import from_numpy
-from .graph import Graph, Node, Value
+from .graph import GRAPH_NAME_PATTERN, Graph, Node, Value
 from .types import TensorType
 
 
@@ -31,6 +32,9 @@ def _fail(graph: Graph, node: Node | None, rule: str, message: str, hint: str = 
 
 def verify(graph: Graph) -> None:
     """Raise `VerifyError` for the first broken rule; return None for a valid graph."""
+    if not isinstance(graph.name, str) or not GRAPH_NAME_PATTERN.match(graph.name):
+        raise _fail(graph, None, "graph-name", f"invalid graph name {graph.name!r}",
+                    "use letters, digits and '_', not starting with a digit")
     defined: dict[int, Value] = {}
     names: set[str] = set()
     readers: dict[int, list[Node]] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kiln.errors import TypeInferenceError, VerifyError
+from kiln.errors import InterpretError, TypeInferenceError, VerifyError
 from kiln.ir import GraphBuilder, all_ops, interpret, print_graph, tensor
 
 
@@ -94,3 +94,21 @@ def test_build_verifies():
     b.input("x", tensor("f32", 2))
     with pytest.raises(VerifyError, match="the graph has no outputs"):
         b.build()
+
+
+def test_interpreting_a_symbol_no_input_binds():
+    b = GraphBuilder()
+    x = b.input("x", tensor("f32", "2*n"))            # n appears only inside an expression
+    graph = b.build(b.relu(x))
+    with pytest.raises(InterpretError) as info:
+        interpret(graph, [np.zeros(4, np.float32)])
+    assert str(info.value) == ("input %x: dim '2*n' needs values for symbol(s) ['n']; no input "
+                               "binds it alone (bind each symbol by an axis of its own)")
+    b = GraphBuilder()
+    b.input("x", tensor("f32", 2))
+    graph = b.build(b.arange(end="seq"))
+    with pytest.raises(InterpretError, match=r"^while executing %arange: i64\[seq\] = "
+                                             r"arange\(\) \{end=seq\}: dim 'seq' needs values "
+                                             r"for symbol\(s\) \['seq'\], which no graph input "
+                                             r"binds$"):
+        interpret(graph, [np.zeros(2, np.float32)])

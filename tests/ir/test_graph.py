@@ -63,6 +63,13 @@ def test_explicit_names_are_kept_or_refused(g):
     assert info.value.rule == "value-name"
 
 
+@pytest.mark.parametrize("name", ["my-model", "1st", "a.b", "", "main graph"])
+def test_graph_names_must_parse(name):
+    with pytest.raises(VerifyError, match=f"invalid graph name {name!r}") as info:
+        Graph(name)
+    assert info.value.rule == "graph-name"
+
+
 def test_name_is_free_again_after_erase(g):
     node = g.add_node("relu", [g.inputs[0]])
     g.erase_node(node)

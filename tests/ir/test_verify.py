@@ -237,11 +237,21 @@ def test_outputs_not_defined():
     check(g, "outputs", "output %ghost is not defined in the graph", None)
 
 
+def test_graph_name():
+    g = small()
+    g.name = "my-model"                       # the text would not parse back
+    with pytest.raises(VerifyError) as info:
+        verify(g)
+    assert info.value.rule == "graph-name" and info.value.node is None
+    assert str(info.value) == ("graph my-model: [graph-name] invalid graph name 'my-model'\n"
+                               "  hint: use letters, digits and '_', not starting with a digit")
+
+
 def test_every_documented_rule_is_tested():
     """The rule list in verify's docstring and the rules these tests trigger agree."""
     v = importlib.import_module("kiln.ir.verify")   # `kiln.ir.verify` is the function
     documented = {line.split()[0] for line in v.__doc__.split("Rules")[1].splitlines()[1:]
                   if line.startswith("  ") and line.split()}
     tested = {"op-registered", "attrs", "arity", "defined-before-use", "single-def", "types",
-              "use-lists", "constant-table", "outputs"}
+              "use-lists", "constant-table", "outputs", "graph-name"}
     assert documented == tested

@@ -127,3 +127,9 @@ def test_weights_that_do_not_match_the_text(tmp_path):
 def test_missing_kir_file(tmp_path):
     with pytest.raises(KilnError, match=f"cannot read {tmp_path / 'nope.kir'}: No such file"):
         load(tmp_path / "nope.kir")
+
+
+def test_a_binary_file_is_not_kir(tmp_path):
+    (tmp_path / "w.kir").write_bytes(b"\x80\x81graph")
+    with pytest.raises(KilnError, match=r"cannot read .*w\.kir: not UTF-8 text \(byte 0\)"):
+        load(tmp_path / "w.kir")
