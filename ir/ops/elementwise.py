@@ -209,10 +209,17 @@ def _binary_ref(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]):
     return ref
 
 
+def _nonzero_divisor(b: np.ndarray) -> np.ndarray:
+    """Integer division by zero has no answer: raise (as torch does), never guess one."""
+    if np.any(b == 0):
+        raise ZeroDivisionError("integer division by zero")
+    return b
+
+
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if is_float_array(a):
         return a / b
-    b = np.where(b == 0, 1, b)
+    b = _nonzero_divisor(b)
     q = np.floor_divide(a, b)  # exact (no float detour); integers truncate toward zero, as C/ONNX
     return q + ((q < 0) & (np.remainder(a, b) != 0)).astype(q.dtype)
 
@@ -226,7 +233,7 @@ def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _remainder(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.mod(a, b) if is_float_array(a) else np.mod(a, np.where(b == 0, 1, b))
+    return np.mod(a, b) if is_float_array(a) else np.mod(a, _nonzero_divisor(b))
 
 
 _ARITH: dict[str, tuple[Callable, frozenset[str]]] = {
@@ -235,10 +242,10 @@ _ARITH: dict[str, tuple[Callable, frozenset[str]]] = {
     "mul": (np.multiply, frozenset({ELEMENTWISE, COMMUTATIVE})),
     "div": (_div, frozenset({ELEMENTWISE})),
     "floor_div": (lambda a, b: np.floor_divide(a, b) if is_float_array(a)
-                  else np.floor_divide(a, np.where(b == 0, 1, b)), frozenset({ELEMENTWISE})),
+                  else np.floor_divide(a, _nonzero_divisor(b)), frozenset({ELEMENTWISE})),
     "remainder": (_remainder, frozenset({ELEMENTWISE})),   # sign of the divisor (Python/torch)
     "fmod": (lambda a, b: np.fmod(a, b) if is_float_array(a)
-             else np.fmod(a, np.where(b == 0, 1, b)), frozenset({ELEMENTWISE})),  # sign of a
+             else np.fmod(a, _nonzero_divisor(b)), frozenset({ELEMENTWISE})),  # sign of a
     "pow": (_pow, frozenset({ELEMENTWISE})),
     "maximum": (np.maximum, frozenset({ELEMENTWISE, COMMUTATIVE})),
     "minimum": (np.minimum, frozenset({ELEMENTWISE, COMMUTATIVE})),

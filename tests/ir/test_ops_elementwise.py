@@ -248,6 +248,14 @@ def test_pow(data):
     check_op("pow", [a, b], {}, torch.pow(to_torch(a), to_torch(b)))
 
 
+@pytest.mark.parametrize("op", ["div", "floor_div", "remainder", "fmod"])
+def test_integer_division_by_zero_raises(op):
+    # torch raises too; a made-up quotient would be a wrong answer
+    a, b = np.array([7, -7], np.int32), np.array([2, 0], np.int32)
+    with pytest.raises(InterpretError, match="integer division by zero"):
+        run(build(op, [a, b]), [a, b])
+
+
 @exercises("pow")
 def test_integer_pow_with_negative_exponent_raises():
     graph = build("pow", [tensor("i32", 2), tensor("i32", 2)])
