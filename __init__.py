@@ -1,9 +1,17 @@
 """kiln: an ahead-of-time graph compiler and runtime for deep-learning models.
 
 Public API (see the design notes): `kiln.ir`, `kiln.frontend.torch.import_model`,
-and — as codegen lands — `kiln.compile` and `kiln.load`.
+`kiln.load` and — as codegen lands — `kiln.compile`. `import kiln` imports only
+`kiln.errors`; `kiln.load` imports the runtime (never the compiler) when called.
 """
 from .errors import KilnError
 
 __version__ = "0.1.0"
-__all__ = ["KilnError", "__version__"]
+__all__ = ["KilnError", "__version__", "load"]
+
+
+def load(path):
+    """Load a `.kiln` artifact; returns a callable `LoadedModel` (see kiln.runtime.artifact).
+    Runs without torch, tvm or the compiler."""
+    from .runtime.artifact import load as load_artifact
+    return load_artifact(path)

@@ -57,3 +57,27 @@ class InterpretError(KilnError):
 
 class FrontendError(KilnError):
     """A model could not be imported for a reason other than unsupported ops."""
+
+
+class DimExpressionError(KilnError):
+    """A dim expression the runtime cannot evaluate: text outside the dim grammar, an
+    unbound symbol, a division by zero or a non-integer result. Names the expression."""
+
+
+class ArtifactError(KilnError):
+    """A `.kiln` artifact, its plan or its kernel library is unreadable, corrupt, foreign,
+    from a newer format, or inconsistent. Names the file (and the member or plan field)."""
+
+
+class RuntimeInputError(KilnError):
+    """An input handed to a compiled model does not match its signature (count, name,
+    dtype, shape, device, or a symbolic dim bound differently elsewhere). Names the input."""
+
+
+class KernelError(KilnError):
+    """A compiled kernel failed while the runtime ran it. Names the kernel, the step and
+    the source it was compiled from."""
+
+
+class CodegenError(KilnError):
+    """A node could not be turned into a kernel; names the node and the reason."""

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
+
+from ..runtime.dtypes import NUMPY_DTYPES
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,7 @@ int4 = DType("i4", "int4", 4, "int", packed=True)
 ALL_DTYPES: tuple[DType, ...] = (
     float32, float16, bfloat16, float64, int8, uint8, int16, int32, int64, bool_, int4)
 _BY_NAME = {d.name: d for d in ALL_DTYPES} | {d.long_name: d for d in ALL_DTYPES}
-_TO_NUMPY = {
-    "f32": np.dtype(np.float32), "f16": np.dtype(np.float16),
-    "bf16": np.dtype(ml_dtypes.bfloat16), "f64": np.dtype(np.float64),
-    "i8": np.dtype(np.int8), "u8": np.dtype(np.uint8), "i16": np.dtype(np.int16),
-    "i32": np.dtype(np.int32), "i64": np.dtype(np.int64), "bool": np.dtype(np.bool_),
-    "i4": np.dtype(np.uint8),
-}
+_TO_NUMPY = NUMPY_DTYPES  # one table, shared with the runtime (kiln.runtime.dtypes)
 
 
 def dtype(name: str | DType | np.dtype | type) -> DType:

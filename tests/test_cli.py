@@ -25,8 +25,12 @@ graph mlp(%x: f32[batch, 4]) {
 """
 
 
+# rich formats help and usage errors: a wide, colourless terminal keeps words whole
+PLAIN = {"COLUMNS": "200", "NO_COLOR": "1", "FORCE_COLOR": None, "TTY_COMPATIBLE": None}
+
+
 def kiln(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
+    return runner.invoke(app, [str(a) for a in args], env=PLAIN)
 
 
 @pytest.fixture
@@ -275,13 +279,9 @@ def test_ir_factory_errors(model_py):
 
 def test_ir_on_a_pt2_file(model_py, tmp_path):
     import torch
-    sys.path.insert(0, str(model_py.parent))
-    try:
-        spec_model = {}
-        exec(compile(model_py.read_text(), str(model_py), "exec"), spec_model)
-    finally:
-        sys.path.remove(str(model_py.parent))
-    module, inputs, _ = spec_model["make_model"]()
+    namespace: dict = {}
+    exec(compile(model_py.read_text(), str(model_py), "exec"), namespace)
+    module, inputs, _ = namespace["make_model"]()
     program = torch.export.export(module, inputs,
                                   dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     pt2 = tmp_path / "tiny.pt2"

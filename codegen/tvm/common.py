@@ -1,0 +1,243 @@
+"""What every TVM lowering module shares: `LowerContext` (one node's dims as TIR
+expressions), kiln dtype -> TVM dtype, and TE expression helpers that give NumPy's
+semantics where TIR's differ:
+
+- `nan_max` / `nan_min`: NaN-propagating (TIR's Max/Min lower to a compare-select
+  that drops a NaN in one operand);
+- `widen` / `narrow`: half types (f16, bf16) are computed in float32 and rounded
+  back once, as the references do;
+- `const`: a Python float rounded to a dtype exactly as NumPy rounds it;
+- `load_broadcast`: NumPy broadcasting of an input against the output index.
+
+Imports only TVM and `kiln.ir`; the op lowerings (`lower_*.py`) import this.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import sympy
+from tvm import te, tirx
+
+from ...errors import CodegenError
+from ...ir import symbolic
+from ...ir.dtypes import DType
+from ...ir.graph import Node
+from ...ir.types import TensorType
+
+INDEX = "int64"   # the dtype of every shape, loop and index expression
+
+_TVM_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64",
+               "i8": "int8", "u8": "uint8", "i16": "int16", "i32": "int32", "i64": "int64",
+               "bool": "bool"}
+HALF = ("float16", "bfloat16")
+
+
+def tvm_dtype(dt: DType) -> str:
+    """TVM's name of a kiln dtype; packed int4 has none (no op computes on it yet)."""
+    if dt.name not in _TVM_DTYPES:
+        raise CodegenError(f"dtype {dt!r} has no TVM lowering (packed types need the "
+                           "quantization kernels)")
+    return _TVM_DTYPES[dt.name]
+
+
+def is_float(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat"))
+
+
+def is_signed(dtype: str) -> bool:
+    return dtype.startswith("int")
+
+
+def index(value: int) -> tirx.IntImm:
+    return tirx.IntImm(INDEX, value)
+
+
+class LowerContext:
+    """What a lowering may ask about the node it lowers.
+
+    `dim(d)` turns a kiln dim (an int or a symbol expression) into a TIR expression;
+    every symbol becomes one int64 `tirx.Var`, shared by name within the node, so
+    `"batch"` in an input shape and in an output shape is the same variable.
+
+    A kernel binds its variables from its buffers' shapes, so an expression dim whose
+    symbols are not all dims of their own in the node's shapes (`linear` on
+    `[batch*seq, 768]`) becomes one variable named after the whole expression, bound
+    by the buffer that has it. A symbol bound neither way (`past` in
+    `arange(past, past + seq)`) becomes a scalar parameter (see `lower_node`).
+    """
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.in_types: tuple[TensorType, ...] = tuple(v.type for v in node.inputs)
+        self.out_types: tuple[TensorType, ...] = tuple(v.type for v in node.outputs)
+        self.vars: dict[str, tirx.Var] = {}
+        dims = {d for t in self.in_types + self.out_types for d in t.shape if isinstance(d, str)}
+        self._bound = {d for d in dims if symbolic.SYMBOL_NAME.match(d)}
+        self._opaque = {d for d in dims if not symbolic.symbols(d) <= self._bound}
+
+    def var(self, name: str) -> tirx.Var:
+        if name not in self.vars:
+            self.vars[name] = tirx.Var(name, INDEX)
+        return self.vars[name]
+
+    def dim(self, d: symbolic.Dim) -> tirx.PrimExpr:
+        if isinstance(d, int):
+            return index(d)
+        if d in self._opaque:
+            return self.var(d)
+        return _to_prim(symbolic.to_expr(d), self.var)
+
+    def shape(self, shape: Sequence[symbolic.Dim]) -> list[tirx.PrimExpr]:
+        return [self.dim(d) for d in shape]
+
+    def out_shape(self, i: int = 0) -> list[tirx.PrimExpr]:
+        return self.shape(self.out_types[i].shape)
+
+    def out_dtype(self, i: int = 0) -> str:
+        return tvm_dtype(self.out_types[i].dtype)
+
+    def fail(self, message: str) -> CodegenError:
+        """An error naming this node: `raise ctx.fail("...")`."""
+        source = f" (from {self.node.source})" if self.node.source else ""
+        return CodegenError(f"TVM lowering of {self.node.format()}{source}: {message}")
+
+
+def _to_prim(e: sympy.Expr, var: Callable[[str], tirx.Var]) -> tirx.PrimExpr:
+    """A sympy integer expression over positive integer symbols as a TIR expression."""
+    numer, denom = sympy.fraction(sympy.together(e))
+    if denom != 1:  # integer-valued with rational coefficients: h*(h+1)/2
+        return tirx.floordiv(_to_prim(numer, var), _to_prim(denom, var))
+    if e.is_Integer:
+        return index(int(e))
+    if e.is_Symbol:
+        return var(e.name)
+    args = [a for a in e.args]
+    if isinstance(e, sympy.Add):
+        out = _to_prim(args[0], var)
+        for a in args[1:]:
+            out = out + _to_prim(a, var)
+        return out
+    if isinstance(e, sympy.Mul):
+        out = _to_prim(args[0], var)
+        for a in args[1:]:
+            out = out * _to_prim(a, var)
+        return out
+    if isinstance(e, sympy.Pow) and e.exp.is_Integer and int(e.exp) > 0:
+        base = _to_prim(e.base, var)
+        out = base
+        for _ in range(int(e.exp) - 1):
+            out = out * base
+        return out
+    if isinstance(e, (sympy.floor, sympy.ceiling)):
+        n, d = sympy.fraction(sympy.together(e.args[0]))
+        pn, pd = _to_prim(n, var), _to_prim(d, var)
+        return tirx.floordiv(pn, pd) if isinstance(e, sympy.floor) else \
+            tirx.floordiv(pn + pd - index(1), pd)
+    if isinstance(e, (sympy.Max, sympy.Min)):
+        out = _to_prim(args[0], var)
+        for a in args[1:]:
+            out = (tirx.max if isinstance(e, sympy.Max) else tirx.min)(out, _to_prim(a, var))
+        return out
+    if isinstance(e, sympy.Mod):
+        return tirx.floormod(_to_prim(args[0], var), _to_prim(args[1], var))
+    raise CodegenError(f"dim expression {e} has no TIR form (its function {e.func} is not "
+                       "one of + * ** floor ceiling Max Min Mod)")
+
+
+# --- constants and dtypes ----------------------------------------------------------------
+def numpy_scalar(value: Any, dtype: str) -> Any:
+    """`value` converted to `dtype` as NumPy converts it (floats round to nearest even,
+    float -> int truncates, nonzero -> True), as a Python scalar."""
+    np_dtype = {"bfloat16": "bfloat16"}.get(dtype, dtype)
+    if np_dtype == "bfloat16":
+        import ml_dtypes
+        return float(np.asarray(value, np.float64).astype(ml_dtypes.bfloat16))
+    return np.asarray(value).astype(np_dtype).item()
+
+
+def const(value: Any, dtype: str) -> tirx.PrimExpr:
+    """A constant of `dtype` holding `value` rounded as NumPy rounds it."""
+    v = numpy_scalar(value, dtype)
+    if dtype == "bool":
+        return tirx.const(bool(v), "bool")
+    return tirx.const(v, dtype)
+
+
+def compute_dtype(dtype: str) -> str:
+    """The dtype float math runs in: float32 for the half types, else `dtype` itself."""
+    return "float32" if dtype in HALF else dtype
+
+
+def widen(e: tirx.PrimExpr) -> tirx.PrimExpr:
+    return e.astype("float32") if e.dtype in HALF else e
+
+
+def narrow(e: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
+    return e if e.dtype == dtype else e.astype(dtype)
+
+
+def select(cond: tirx.PrimExpr, a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    """Both branches are evaluated (vectorizes); use `tirx.if_then_else` to guard loads."""
+    return tirx.Select(cond, a, b)
+
+
+def nan_max(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    """np.maximum: NaN if either is NaN."""
+    if not is_float(a.dtype):
+        return tirx.max(a, b)
+    return select(tirx.Or(tirx.isnan(a), a >= b), a, b)
+
+
+def nan_min(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+    """np.minimum: NaN if either is NaN."""
+    if not is_float(a.dtype):
+        return tirx.min(a, b)
+    return select(tirx.Or(tirx.isnan(a), a <= b), a, b)
+
+
+def lowest(dtype: str) -> tirx.PrimExpr:
+    """The identity of max: -inf for floats, the minimum for integers."""
+    if is_float(dtype):
+        return tirx.const(-np.inf, dtype)
+    return tirx.min_value(dtype)
+
+
+def highest(dtype: str) -> tirx.PrimExpr:
+    if is_float(dtype):
+        return tirx.const(np.inf, dtype)
+    return tirx.max_value(dtype)
+
+
+# --- indexing ------------------------------------------------------------------------------
+def is_one(d: tirx.PrimExpr) -> bool:
+    return isinstance(d, tirx.IntImm) and d.value == 1
+
+
+def load_broadcast(t: te.Tensor, idx: Sequence[tirx.PrimExpr]) -> tirx.PrimExpr:
+    """`t` read at output index `idx` under NumPy broadcasting (kiln broadcasts only
+    static size-1 dims; a symbolic dim never broadcasts)."""
+    rank, out_rank = len(t.shape), len(idx)
+    return t(*(index(0) if is_one(t.shape[k]) else idx[out_rank - rank + k]
+               for k in range(rank)))
+
+
+def elementwise(ctx: LowerContext, inputs: Sequence[te.Tensor],
+                fn: Callable[..., tirx.PrimExpr], name: str | None = None) -> te.Tensor:
+    """out[i] = fn(in0[i], in1[i], ...) over the node's output shape, broadcasting; the
+    result is converted to the node's output dtype."""
+    dtype = ctx.out_dtype()
+
+    def body(*idx):
+        return narrow(fn(*(load_broadcast(t, idx) for t in inputs)), dtype)
+    return te.compute(ctx.out_shape(), body, name=name or ctx.node.op)
+
+
+def normalize_index(i: tirx.PrimExpr, size: tirx.PrimExpr) -> tirx.PrimExpr:
+    """A possibly negative index (from the end, as NumPy) as an int64 index in [0, size).
+
+    The references raise for an index outside [-size, size); a kernel cannot, so it
+    clamps it into range: never an out-of-bounds read."""
+    i = i.astype(INDEX)
+    i = select(i < index(0), i + size, i)
+    return tirx.max(tirx.min(i, size - index(1)), index(0))

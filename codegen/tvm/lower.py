@@ -1,0 +1,111 @@
+"""One kiln node -> one scheduled TIR PrimFunc, through the `tvm` lowerings that the
+op-family modules attach to the registry.
+
+    lower_node(node, name)
+      -> the node's `tvm` lowering from the registry (or UnsupportedOpsError)
+      -> one te.placeholder per input; symbolic dims become int64 tirx.Vars named
+         after their symbol, expression dims ("batch*seq") their TIR expression
+      -> lowering(ctx, *placeholders, **attrs) -> te.Tensor or a tuple of them
+      -> check each output's dtype and shape against the node's declared types
+      -> te.create_prim_func(inputs + outputs [+ symbol scalars]), global_symbol=name
+      -> schedule.schedule(func, node)
+
+The parameters are one buffer per node input (in order), then one per output. A
+symbol that no buffer shape holds as a dim of its own (the start of
+`arange(past, past + seq)`) cannot be bound from the buffers: it follows them as an
+int64 scalar parameter, and `symbol_args(func)` names those scalars in order.
+
+The op families live in `lower_elementwise.py` (elementwise, creation),
+`lower_layout.py`, `lower_reduction.py` and `lower_linalg.py`; importing this module
+registers all of them. `constant` has no kernel: the runtime reads weights.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import te, tirx
+
+from ...errors import CodegenError, UnsupportedOpsError
+from ...ir.graph import Graph, Node
+from . import lower_elementwise, lower_layout, lower_linalg, lower_reduction  # noqa: F401
+from . import schedule as _schedule
+from .common import INDEX, LowerContext, tvm_dtype
+
+BACKEND = "tvm"
+NO_KERNEL = frozenset({"constant"})   # ops the runtime handles without a kernel
+SYMBOL_ARGS_ATTR = "kiln.symbol_args"
+
+
+def _place(node: Node) -> str:
+    return f"{node.format()}" + (f"  (from {node.source})" if node.source else "")
+
+
+def missing_lowerings(graph: Graph) -> dict[str, list[str]]:
+    """op -> the places (`.kir` line and source) of the graph's nodes whose op has no
+    TVM lowering; empty when every node can be compiled."""
+    missing: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        if node.op not in NO_KERNEL and BACKEND not in node.opdef.lowerings:
+            missing.setdefault(node.op, []).append(_place(node))
+    return missing
+
+
+def lower_node(node: Node, name: str) -> tirx.PrimFunc:
+    """The scheduled PrimFunc computing `node`, exported as `name`."""
+    if node.op in NO_KERNEL:
+        raise CodegenError(f"{node.format()}: a {node.op} node has no kernel (the runtime "
+                           "reads it from the weights)")
+    lowering = node.opdef.lowerings.get(BACKEND)
+    if lowering is None:
+        raise UnsupportedOpsError("no TVM lowering", {node.op: [_place(node)]})
+    ctx = LowerContext(node)
+    inputs = [te.placeholder(ctx.shape(t.shape), tvm_dtype(t.dtype), name=f"in{i}")
+              for i, t in enumerate(ctx.in_types)]
+    for t in ctx.out_types:
+        tvm_dtype(t.dtype)  # refuses packed types before the lowering sees them
+    result = lowering(ctx, *inputs, **node.attrs)
+    outputs = list(result) if isinstance(result, (tuple, list)) else [result]
+    outputs = _check_outputs(ctx, outputs, inputs)
+    scalars = _unbound_symbols(ctx, inputs + outputs)
+    func = te.create_prim_func(inputs + outputs + [ctx.var(s) for s in scalars],
+                               index_dtype_override=INDEX)
+    func = func.with_attr("global_symbol", name)
+    if scalars:
+        func = func.with_attr(SYMBOL_ARGS_ATTR, scalars)
+    return _schedule.schedule(func, node)
+
+
+def symbol_args(func: tirx.PrimFunc) -> list[str]:
+    """The symbols a kernel takes as int64 scalars after its buffers (usually none)."""
+    attrs = func.attrs
+    if attrs is None or SYMBOL_ARGS_ATTR not in attrs:
+        return []
+    return [str(s) for s in attrs[SYMBOL_ARGS_ATTR]]
+
+
+def _check_outputs(ctx: LowerContext, outputs: list[te.Tensor], inputs: list[te.Tensor]
+                   ) -> list[te.Tensor]:
+    """The lowering's results, checked against the declared output types; an input or a
+    result returned twice gets a copy, so every output is its own buffer."""
+    if len(outputs) != len(ctx.out_types):
+        raise ctx.fail(f"the lowering returned {len(outputs)} tensors for "
+                       f"{len(ctx.out_types)} outputs")
+    analyzer = tvm.arith.Analyzer()
+    checked: list[te.Tensor] = []
+    for i, (t, declared) in enumerate(zip(outputs, ctx.out_types)):
+        want_dtype = tvm_dtype(declared.dtype)
+        if t.dtype != want_dtype:
+            raise ctx.fail(f"output {i} is {t.dtype}, declared {want_dtype}")
+        want = ctx.shape(declared.shape)
+        if len(t.shape) != len(want) or not all(
+                analyzer.can_prove_equal(a, b) for a, b in zip(t.shape, want)):
+            raise ctx.fail(f"output {i} has shape {list(t.shape)}, declared {declared}")
+        if any(t.same_as(x) for x in inputs + checked):
+            t = te.compute(t.shape, lambda *idx, t=t: t(*idx), name=f"{ctx.node.op}_copy")
+        checked.append(t)
+    return checked
+
+
+def _unbound_symbols(ctx: LowerContext, tensors: list[te.Tensor]) -> list[str]:
+    """Symbols of the node that no buffer holds as a dim of its own, sorted by name."""
+    bound = {d.name for t in tensors for d in t.shape if isinstance(d, tirx.Var)}
+    return sorted(set(ctx.vars) - bound)

@@ -1,0 +1,290 @@
+"""The executor: runs a `Plan` with the kernels of one compiled library.
+
+    ex = Executor(plan, "kernels.so", weights)     # weights: key -> NumPy array
+    outs = ex(x, y)  or  ex(x=x, y=y)              # list of NumPy arrays, output order
+
+A call goes  prepare -> run:
+
+- `prepare` checks every input against the signature — count and names, dtype (never
+  cast), CPU device, rank and every dim — and binds the symbolic dims: a bare-symbol
+  dim binds its symbol (the same symbol must get the same size everywhere), an
+  expression dim must equal its value once the symbols are bound. Inputs become
+  `tvm_ffi` tensors without a copy (NumPy arrays, and torch tensors or anything else
+  with `__dlpack__`); an input is copied only when it is not C-contiguous or not
+  64-byte aligned, which TVM's kernels require.
+- `run` looks up the memory for this binding of the symbols — the plan's slots,
+  allocated on the first call at that binding and cached (LRU, `max_cached_bindings`)
+  together with their tensor wrappers — allocates fresh aligned arrays for the graph
+  outputs, and calls each step's kernel with its inputs then its outputs.
+
+Constants are taken from `weights` once, as 64-byte aligned arrays (copied only if
+they are not already). A graph output that is directly an input or a constant is
+returned as a copy. Calls are serialised by a lock (the slots are shared). Errors are
+`RuntimeInputError` (naming the input), `KernelError` (naming the kernel and its
+source) and `ArtifactError` (a plan or library that cannot run).
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import ArtifactError, DimExpressionError, KernelError, RuntimeInputError
+from . import dims, dtypes, ffi
+from .buffers import ALIGNMENT, aligned_copy, aligned_empty, ensure_aligned, is_aligned
+from .plan import Plan, Port
+
+DEFAULT_MAX_CACHED_BINDINGS = 8
+
+
+@dataclass
+class Prepared:
+    """Checked inputs of one call: the symbol bindings and one kernel-ready tensor per
+    input (`arrays` keeps alive any aligned copies)."""
+    bindings: dict[str, int]
+    tensors: list[Any]
+    arrays: list[np.ndarray | None]
+
+
+@dataclass
+class _Memory:
+    """Everything allocated for one binding of the symbols."""
+    slots: list[np.ndarray]
+    tensors: dict[str, Any]                       # intermediate value -> tensor in its slot
+    outputs: list[tuple[str, tuple[int, ...], np.dtype]]  # step-made outputs to allocate
+
+
+class Executor:
+    def __init__(self, plan: Plan, kernel_module_path: str | Path,
+                 weights: Mapping[str, np.ndarray], *,
+                 max_cached_bindings: int = DEFAULT_MAX_CACHED_BINDINGS):
+        self.plan = plan.validate()
+        self.path = Path(kernel_module_path)
+        self.max_cached_bindings = max(1, max_cached_bindings)
+        kernel_names = list(dict.fromkeys(s.kernel for s in plan.steps))
+        self.module, functions = ffi.load_kernels(self.path, kernel_names)
+        self._steps = [(i, s, functions[s.kernel]) for i, s in enumerate(plan.steps)]
+        self._constants, self._constant_tensors = self._load_constants(weights)
+        self._symbols = sorted(plan.bindable_symbols())
+        self._ports = plan.signature.inputs
+        self._dtypes = [dtypes.numpy_dtype(p.dtype) for p in self._ports]
+        self._static = [dtypes.storage_shape(p.dtype, tuple(  # static dims as stored
+            d if isinstance(d, int) else 1 for d in p.shape)) for p in self._ports]
+        made = {v for s in plan.steps for v in s.outputs}
+        self._made_outputs = [v for v in dict.fromkeys(plan.output_names) if v in made]
+        self._cache: OrderedDict[tuple[int, ...], _Memory] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def signature(self):
+        return self.plan.signature
+
+    def __repr__(self) -> str:
+        return f"<kiln Executor {self.plan.name} {self.plan.signature} ({self.path.name})>"
+
+    def _load_constants(self, weights: Mapping[str, np.ndarray]):
+        arrays: dict[str, np.ndarray] = {}
+        for value, key in self.plan.constants.items():
+            spec = self.plan.values[value]
+            if key not in weights:
+                raise ArtifactError(f"the weights hold no {key!r} for constant %{value}")
+            array = np.asarray(weights[key])
+            if not all(isinstance(d, int) for d in spec.shape):
+                raise ArtifactError(f"constant %{value} has a symbolic shape {spec}")
+            want = dtypes.storage_shape(spec.dtype, spec.shape)  # type: ignore[arg-type]
+            if array.dtype != dtypes.numpy_dtype(spec.dtype) or array.shape != want:
+                raise ArtifactError(f"weight {key!r} for constant %{value} is {array.dtype}"
+                                    f"{list(array.shape)}, the plan expects {spec}")
+            arrays[value] = ensure_aligned(array)
+        return arrays, {v: ffi.to_tensor(a) for v, a in arrays.items()}
+
+    # --- a call ------------------------------------------------------------------------
+    def __call__(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
+        return self.run(self.prepare(*inputs, **named))
+
+    def prepare(self, *inputs: Any, **named: Any) -> Prepared:
+        """Check the inputs, bind the symbols, make every input kernel-ready."""
+        given = self._match(inputs, named)
+        views = [self._view(port, dt, x) for port, dt, x in zip(self._ports, self._dtypes, given)]
+        bindings = self._bind([shape for _, shape in views])
+        tensors, arrays = [], []
+        for port, (tensor, _), x in zip(self._ports, views, given):
+            tensor, array = self._kernel_ready(port, tensor, x)
+            tensors.append(tensor)
+            arrays.append(array)
+        return Prepared(bindings, tensors, arrays)
+
+    def run(self, prepared: Prepared) -> list[np.ndarray]:
+        """Run the steps on prepared inputs; return the graph outputs as NumPy arrays."""
+        with self._lock:
+            memory = self._memory(prepared.bindings)
+            env = dict(self._constant_tensors)
+            env.update(memory.tensors)
+            env.update(zip(self.plan.input_names, prepared.tensors))
+            made: dict[str, np.ndarray] = {}
+            for name, shape, dtype in memory.outputs:
+                made[name] = aligned_empty(shape, dtype)
+                env[name] = ffi.to_tensor(made[name])
+            for i, step, kernel in self._steps:
+                try:
+                    kernel(*[env[v] for v in step.args])
+                except Exception as e:  # noqa: BLE001  kernels raise TypeError, ValueError, ...
+                    where = f"\n  compiled from: {step.source}" if step.source else ""
+                    raise KernelError(f"kernel {step.kernel!r} (step {i} of plan "
+                                      f"{self.plan.name!r}) failed: {e}{where}") from e
+        return self._results(prepared, made)
+
+    def _results(self, prepared: Prepared, made: dict[str, np.ndarray]) -> list[np.ndarray]:
+        inputs = dict(zip(self.plan.input_names, prepared.tensors))
+        results, returned = [], set()
+        for name in self.plan.output_names:
+            if name in made and name not in returned:
+                results.append(made[name])
+            elif name in made:                      # the same value returned twice
+                results.append(made[name].copy())
+            elif name in inputs:
+                results.append(ffi.to_numpy(inputs[name]).copy())
+            else:
+                results.append(self._constants[name].copy())
+            returned.add(name)
+        return results
+
+    # --- inputs ------------------------------------------------------------------------
+    def _match(self, inputs: tuple[Any, ...], named: dict[str, Any]) -> list[Any]:
+        names = self.plan.input_names
+        expected = ", ".join(map(str, self._ports)) or "no inputs"
+        if len(inputs) > len(names):
+            raise RuntimeInputError(f"got {len(inputs)} positional inputs, but "
+                                    f"{self.plan.name!r} takes {len(names)}: {expected}")
+        given: dict[str, Any] = dict(zip(names, inputs))
+        for name, x in named.items():
+            if name not in names:
+                raise RuntimeInputError(f"unknown input {name!r}; {self.plan.name!r} takes: "
+                                        f"{expected}")
+            if name in given:
+                raise RuntimeInputError(f"input {name!r} is given both by position and by name")
+            given[name] = x
+        missing = [p for p in self._ports if p.name not in given]
+        if missing:
+            raise RuntimeInputError(
+                f"missing input(s) {', '.join(repr(p.name) for p in missing)} "
+                f"(expected {', '.join(map(str, missing))}); {self.plan.name!r} takes: "
+                f"{expected}")
+        return [given[n] for n in names]
+
+    @staticmethod
+    def _view(port: Port, dtype: np.dtype, x: Any) -> tuple[Any, tuple[int, ...]]:
+        """Check dtype and device; return (tensor or None for NumPy, shape)."""
+        want = f"{port.dtype} ({dtypes.TVM_DTYPES[port.dtype]})"
+        if isinstance(x, np.ndarray):
+            if x.dtype != dtype:
+                raise RuntimeInputError(f"input {port.name!r} has dtype {x.dtype}, expected "
+                                        f"{want}; kiln does not cast inputs")
+            return None, x.shape
+        if not hasattr(x, "__dlpack__"):
+            raise RuntimeInputError(f"input {port.name!r} is a {type(x).__name__}; pass a "
+                                    "NumPy array or a tensor with __dlpack__ (torch.Tensor)")
+        try:
+            tensor = ffi.tvm_ffi.from_dlpack(x)
+        except Exception as e:  # noqa: BLE001  producers raise BufferError, RuntimeError, ...
+            raise RuntimeInputError(f"input {port.name!r}: cannot read it through DLPack: "
+                                    f"{e}") from None
+        if not ffi.is_cpu(tensor):
+            raise RuntimeInputError(f"input {port.name!r} is on {tensor.device}; this model "
+                                    "runs on the CPU (move the tensor with .cpu())")
+        if str(tensor.dtype) != dtypes.TVM_DTYPES[port.dtype]:
+            raise RuntimeInputError(f"input {port.name!r} has dtype {tensor.dtype}, expected "
+                                    f"{want}; kiln does not cast inputs")
+        return tensor, tuple(tensor.shape)
+
+    def _bind(self, shapes: list[tuple[int, ...]]) -> dict[str, int]:
+        """Check ranks and static dims, bind the bare symbols, then check expression dims."""
+        bindings: dict[str, int] = {}
+        bound_at: dict[str, str] = {}
+        later: list[tuple[Port, int, str, int]] = []
+        for port, want, shape in zip(self._ports, self._static, shapes):
+            if len(shape) != len(want):
+                raise RuntimeInputError(f"input {port.name!r} has shape {list(shape)} (rank "
+                                        f"{len(shape)}), expected {port.spec} (rank "
+                                        f"{len(port.shape)})")
+            packed_axis = len(shape) - 1 if port.dtype in dtypes.PACKED else -1
+            for axis, (size, dim) in enumerate(zip(shape, port.shape)):
+                here = f"input {port.name!r} axis {axis}"
+                if isinstance(dim, int):
+                    if size != want[axis]:
+                        raise RuntimeInputError(f"{here} is {size}, expected {want[axis]} "
+                                                f"({port.name}: {port.spec})")
+                elif axis == packed_axis or not dims.is_symbol(dim):
+                    later.append((port, axis, dim, size))
+                elif dim in bindings and bindings[dim] != size:
+                    raise RuntimeInputError(f"{here}: symbol {dim!r} is {size} here but "
+                                            f"{bindings[dim]} from {bound_at[dim]}")
+                elif size < 1:
+                    raise RuntimeInputError(f"{here}: symbol {dim!r} is {size}; symbolic dims "
+                                            "are sizes of at least 1")
+                else:
+                    bindings.setdefault(dim, size)
+                    bound_at.setdefault(dim, here)
+        for port, axis, dim, size in later:
+            try:
+                value = dims.evaluate(dim, bindings)
+            except DimExpressionError as e:
+                raise RuntimeInputError(f"input {port.name!r} axis {axis}: {e}") from None
+            if port.dtype in dtypes.PACKED and axis == len(port.shape) - 1:
+                value = -(-value // dtypes.PACKED[port.dtype])
+            if value != size:
+                at = ", ".join(f"{s}={bindings[s]} from {bound_at[s]}"
+                               for s in sorted(dims.symbols(dim)))
+                raise RuntimeInputError(f"input {port.name!r} axis {axis} is {size}, expected "
+                                        f"{dim} = {value} ({at})")
+        return bindings
+
+    @staticmethod
+    def _kernel_ready(port: Port, tensor: Any, x: Any) -> tuple[Any, np.ndarray | None]:
+        """The input as a contiguous, 64-byte aligned tensor; copied only if it is not."""
+        if tensor is None:                                   # a NumPy array
+            array = x if is_aligned(x) else aligned_copy(x)
+            return ffi.to_tensor(array), (None if array is x else array)
+        if tensor.is_contiguous() and (tensor.numel() == 0 or tensor.data_ptr() % ALIGNMENT == 0):
+            return tensor, None
+        array = aligned_copy(ffi.to_numpy(tensor))
+        return ffi.to_tensor(array), array
+
+    # --- memory ------------------------------------------------------------------------
+    def _memory(self, bindings: dict[str, int]) -> _Memory:
+        key = tuple(bindings[s] for s in self._symbols)
+        memory = self._cache.get(key)
+        if memory is not None:
+            self._cache.move_to_end(key)
+            return memory
+        shapes = {}
+        for name in [*self.plan.memory, *self._made_outputs]:
+            spec = self.plan.values[name]
+            try:
+                shape = spec.concrete_shape(bindings)
+            except DimExpressionError as e:
+                raise RuntimeInputError(f"these inputs give %{name} ({spec}) no valid shape: "
+                                        f"{e}") from None
+            if any(d < 0 for d in shape):
+                raise RuntimeInputError(f"with {bindings}, %{name} ({spec}) would have shape "
+                                        f"{list(shape)}; the inputs are too small for this "
+                                        "model")
+            shapes[name] = dtypes.storage_shape(spec.dtype, shape)
+        sizes = self.plan.slot_bytes(bindings)
+        slots = [aligned_empty((n,), np.uint8) for n in sizes]
+        tensors = {}
+        for name, slot in self.plan.memory.items():
+            dtype = dtypes.numpy_dtype(self.plan.values[name].dtype)
+            nbytes = int(np.prod(shapes[name])) * dtype.itemsize
+            tensors[name] = ffi.to_tensor(slots[slot][:nbytes].view(dtype).reshape(shapes[name]))
+        outputs = [(n, shapes[n], dtypes.numpy_dtype(self.plan.values[n].dtype))
+                   for n in self._made_outputs]
+        memory = _Memory(slots, tensors, outputs)
+        self._cache[key] = memory
+        while len(self._cache) > self.max_cached_bindings:
+            self._cache.popitem(last=False)
+        return memory
