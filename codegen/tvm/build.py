@@ -26,8 +26,11 @@ from .target import cpu_target
 
 @dataclass(frozen=True)
 class KernelCall:
+    """Run `kernel(*inputs, *outputs)` over the named values; `source` is the node's text."""
     kernel: str
-    args: tuple[str, ...]   # value names: the node's inputs, then its outputs
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    source: str
 
 
 @dataclass
@@ -65,7 +68,9 @@ def build_graph(graph: Graph, out_dir: str | Path, target: tvm.target.Target | N
             digest = hashlib.sha1(key.encode()).hexdigest()[:8]
             names[key] = f"k{len(names)}_{node.op}_{digest}"
             funcs[names[key]] = lower_node(node, names[key])
-        calls.append(KernelCall(names[key], tuple(v.name for v in node.inputs + node.outputs)))
+        source = node.format() + (f"  # from {node.source}" if node.source else "")
+        calls.append(KernelCall(names[key], tuple(v.name for v in node.inputs),
+                                tuple(v.name for v in node.outputs), source))
     lowered = time.perf_counter()
     library = out_dir / "kernels.so"
     if funcs:

@@ -1,0 +1,170 @@
+"""`kiln.compile`: a model in, a callable `CompiledModel` out.
+
+    compile(model, example_inputs, dynamic_dims=...)
+      -> a kiln Graph: torch frontend (nn.Module, ExportedProgram), `.kir` file, or a Graph
+      -> dead-code elimination, verify
+      -> codegen.tvm.build_graph: one kernel per distinct node, one kernels.so
+      -> a runtime Plan: signature, value specs, constants, steps; memory slots planned
+      -> CompiledModel: runs through the runtime's Executor; `save` writes a .kiln
+
+The compiler side imports everything; the `CompiledModel` runs on the runtime alone.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from .errors import KilnError
+from .ir import Graph, verify
+from .passes.dce import eliminate_dead_code
+from .passes.memory import memory_report, plan_memory
+from .runtime.executor import Executor
+from .runtime.plan import Plan, Port, Signature, Step, TensorSpec
+
+if TYPE_CHECKING:
+    from .codegen.tvm.build import KernelCall
+
+TARGETS = ("cpu",)
+
+
+@dataclass
+class CompileReport:
+    """What compiling took: seconds per stage, kernel counts."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    nodes: int = 0
+    kernel_calls: int = 0
+    distinct_kernels: int = 0
+
+    def __str__(self) -> str:
+        stages = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
+        return (f"{self.nodes} nodes -> {self.kernel_calls} kernel calls, "
+                f"{self.distinct_kernels} distinct kernels; {stages}")
+
+
+class CompiledModel:
+    """A compiled model: `cm(*inputs)` returns a list of NumPy arrays in graph-output
+    order; `cm.save(path)` writes a `.kiln` artifact that `kiln.load` runs anywhere."""
+
+    def __init__(self, graph: Graph, plan: Plan, library: Path, workdir: tempfile.TemporaryDirectory,
+                 target: str, report: CompileReport):
+        self.graph, self.plan, self.library, self.target = graph, plan, library, target
+        self.report = report
+        self._workdir = workdir   # owns kernels.so for the model's lifetime
+        self.weights = {ref: graph.constants[ref] for ref in set(plan.constants.values())}
+        self._executor = Executor(plan, library, self.weights)
+
+    @property
+    def signature(self) -> Signature:
+        return self.plan.signature
+
+    def __call__(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
+        return self._executor(*inputs, **named)
+
+    def save(self, path: str | Path) -> Path:
+        from .runtime.artifact import write_artifact
+        return write_artifact(path, self.plan, self.weights, self.library, self.target,
+                              extra_manifest={"report": str(self.report)})
+
+    def memory(self, bindings: Mapping[str, int]):
+        """Peak intermediate bytes under `bindings`, planned vs one buffer per value."""
+        return memory_report(self.plan, bindings)
+
+    def __repr__(self) -> str:
+        return f"<CompiledModel {self.plan.name} {self.signature}>"
+
+
+def compile(model: Any, example_inputs: Any = None, *, target: str = "cpu",
+            dynamic_dims: Mapping[Any, Mapping[int, str]] | None = None,
+            passes: str | None = None) -> CompiledModel:
+    """Compile `model` (an nn.Module, an ExportedProgram, a kiln Graph or a `.kir`
+    path) for `target`. `dynamic_dims` maps an input name (or position) to
+    `{axis: "symbol"}`; one compiled model then serves every value of each symbol."""
+    if target not in TARGETS:
+        raise KilnError(f"unknown target {target!r}; kiln compiles for: {', '.join(TARGETS)}")
+    if passes is not None:
+        raise KilnError("custom pass pipelines (passes=...) are not available yet: kiln "
+                        "has no PassManager; leave passes=None")
+    report = CompileReport()
+    start = time.perf_counter()
+    graph = to_graph(model, example_inputs, dynamic_dims)
+    report.seconds["import"] = time.perf_counter() - start
+    start = time.perf_counter()
+    eliminate_dead_code(graph)
+    verify(graph)
+    report.seconds["passes"] = time.perf_counter() - start
+
+    from .codegen.tvm.build import build_graph   # the compiler's heaviest import
+    workdir = tempfile.TemporaryDirectory(prefix="kiln-build-")
+    built = build_graph(graph, workdir.name)
+    report.seconds.update(built.seconds)
+    plan = plan_memory(make_plan(graph, built.calls))
+    report.nodes = len(graph.nodes)
+    report.kernel_calls = len(built.calls)
+    report.distinct_kernels = len(built.kernels)
+    return CompiledModel(graph, plan, built.library, workdir, target, report)
+
+
+def to_graph(model: Any, example_inputs: Any, dynamic_dims: Any) -> Graph:
+    """The kiln graph of any model `compile` accepts (a Graph is copied, not changed)."""
+    if isinstance(model, Graph):
+        if dynamic_dims:
+            raise KilnError("dynamic_dims does not apply to a kiln Graph: its input types "
+                            "already say which dims are symbolic")
+        return copy_graph(model)
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if path.suffix == ".kir":
+            from .ir import load
+            return load(path)
+        raise KilnError(f"cannot compile {path}: kiln reads .kir files and torch models "
+                        "(ONNX files are not supported yet)")
+    module = type(model).__module__
+    if module.startswith("torch") or _is_torch_model(model):
+        from .frontend.torch import import_model
+        return import_model(model, example_inputs, dynamic_dims)
+    raise KilnError(f"cannot compile a {type(model).__name__}: kiln takes an nn.Module, an "
+                    "ExportedProgram, a kiln Graph or a .kir path")
+
+
+def _is_torch_model(model: Any) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return isinstance(model, (torch.nn.Module, torch.export.ExportedProgram))
+
+
+def copy_graph(graph: Graph) -> Graph:
+    """A deep copy of the structure; constants stay shared (held by reference)."""
+    constants = graph.constants
+    graph.constants = {}
+    try:
+        clone = copy.deepcopy(graph)
+    finally:
+        graph.constants = constants
+    clone.constants = dict(constants)
+    return clone
+
+
+def make_plan(graph: Graph, calls: list["KernelCall"]) -> Plan:
+    """The runtime plan of a built graph: signature, every value's spec, constants and
+    one step per kernel call (memory is planned afterwards)."""
+    def spec(v) -> TensorSpec:
+        return TensorSpec(v.type.dtype.name, v.type.shape)
+
+    def port(v) -> Port:
+        return Port(v.name, v.type.dtype.name, v.type.shape)
+
+    steps = tuple(Step(c.kernel, c.inputs, c.outputs, c.source) for c in calls)
+    return Plan(
+        signature=Signature(tuple(port(v) for v in graph.inputs),
+                            tuple(port(v) for v in graph.outputs)),
+        values={v.name: spec(v) for v in graph.values()},
+        constants={n.outputs[0].name: n.attrs["ref"] for n in graph.nodes if n.op == "constant"},
+        steps=steps, name=graph.name)
