@@ -3,7 +3,8 @@
     manifest.json         what the artifact is and how to run it (below)
     weights.safetensors   the constants (`kiln.runtime.weights`: bfloat16 as raw bits
                           plus metadata); stored uncompressed
-    kernels.so            the kernel library (TVM, llvm CPU)
+    kernels.so            the kernel library (TVM, llvm CPU); absent when the plan has
+                          no steps (a model that only returns inputs and constants)
 
 manifest.json:
 
@@ -47,7 +48,6 @@ FORMAT_NAME = "kiln-artifact"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 KERNELS = "kernels.so"
-MEMBERS = (WEIGHTS, KERNELS)
 CPU_TARGET_KINDS = ("cpu", "llvm")
 _CHUNK = 1 << 20
 
@@ -61,28 +61,30 @@ def _sha256_file(path: Path) -> str:
 
 
 def write_artifact(path: str | Path, plan: Plan, weights: Mapping[str, np.ndarray],
-                   kernels_so_path: str | Path, target: str,
+                   kernels_so_path: str | Path | None, target: str,
                    extra_manifest: Mapping[str, Any] | None = None) -> Path:
     """Write the `.kiln` zip at `path` (atomically: a temporary file, then a rename).
 
     `weights` must hold every key the plan's constants name; other keys are not stored.
-    `extra_manifest` (JSON-serializable) is stored under the manifest's "extra".
+    `kernels_so_path` may be None only for a plan without steps. `extra_manifest`
+    (JSON-serializable) is stored under the manifest's "extra".
     """
-    path, kernels = Path(path), Path(kernels_so_path)
+    path = Path(path)
+    kernels = Path(kernels_so_path) if plan.steps else None
     plan.validate()
     needed = sorted(set(plan.constants.values()))
     missing = [k for k in needed if k not in weights]
     if missing:
         raise ArtifactError(f"cannot write {path}: the weights lack {missing}, which the "
                             "plan's constants name")
-    if not kernels.is_file():
-        raise ArtifactError(f"cannot write {path}: no kernel library at {kernels}")
+    if kernels is not None and (kernels_so_path is None or not kernels.is_file()):
+        raise ArtifactError(f"cannot write {path}: no kernel library at {kernels_so_path}")
     if not isinstance(target, str) or not target:
         raise ArtifactError(f"cannot write {path}: target must be a non-empty string")
     with tempfile.TemporaryDirectory(prefix="kiln-write-") as tmp:
         weights_path = Path(tmp) / WEIGHTS
         save_weights({k: weights[k] for k in needed}, weights_path)
-        files = {WEIGHTS: weights_path, KERNELS: kernels}
+        files = {WEIGHTS: weights_path, **({KERNELS: kernels} if kernels else {})}
         manifest = {
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
             "kiln_version": __version__, "target": target, "plan": plan.to_json(),
@@ -99,7 +101,8 @@ def write_artifact(path: str | Path, plan: Plan, weights: Mapping[str, np.ndarra
             with zipfile.ZipFile(partial, "w") as zf:
                 zf.writestr(MANIFEST, text, compress_type=zipfile.ZIP_DEFLATED)
                 zf.write(weights_path, WEIGHTS, compress_type=zipfile.ZIP_STORED)
-                zf.write(kernels, KERNELS, compress_type=zipfile.ZIP_DEFLATED)
+                if kernels is not None:
+                    zf.write(kernels, KERNELS, compress_type=zipfile.ZIP_DEFLATED)
             os.replace(partial, path)
         except OSError as e:
             partial.unlink(missing_ok=True)
@@ -164,13 +167,19 @@ def load(path: str | Path) -> LoadedModel:
     try:
         with zf:
             manifest = _read_manifest(path, zf)
-            for name in MEMBERS:
+            try:
+                plan = Plan.from_json(manifest["plan"])
+            except ArtifactError as e:
+                raise ArtifactError(f"cannot load {path}: {e}") from None
+            members = (WEIGHTS, KERNELS) if plan.steps else (WEIGHTS,)
+            for name in members:
+                _check_member(path, zf, manifest, name)
+            for name in members:
                 _extract(path, zf, name, manifest["members"][name], tmpdir / name)
         try:
-            plan = Plan.from_json(manifest["plan"])
             weights = load_weights(tmpdir / WEIGHTS, aligned=True)
             (tmpdir / WEIGHTS).unlink()
-            executor = Executor(plan, tmpdir / KERNELS, weights)
+            executor = Executor(plan, tmpdir / KERNELS if plan.steps else None, weights)
         except KilnError as e:
             raise ArtifactError(f"cannot load {path}: {e}") from None
     except BaseException:
@@ -210,14 +219,16 @@ def _read_manifest(path: Path, zf: zipfile.ZipFile) -> dict[str, Any]:
     if not isinstance(target, str) or target.split(" ", 1)[0] not in CPU_TARGET_KINDS:
         raise ArtifactError(f"{path} is compiled for target {target!r}; this runtime runs "
                             f"CPU artifacts (target kind {' or '.join(CPU_TARGET_KINDS)})")
-    members = manifest["members"]
-    for name in MEMBERS:
-        if name not in names:
-            raise ArtifactError(f"{path} lacks member {name}")
-        entry = members.get(name) if isinstance(members, dict) else None
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)):
-            raise ArtifactError(f"{path}: {MANIFEST} records no sha256 for member {name}")
     return manifest
+
+
+def _check_member(path: Path, zf: zipfile.ZipFile, manifest: dict[str, Any], name: str) -> None:
+    if name not in zf.namelist():
+        raise ArtifactError(f"{path} lacks member {name}")
+    members = manifest["members"]
+    entry = members.get(name) if isinstance(members, dict) else None
+    if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)):
+        raise ArtifactError(f"{path}: {MANIFEST} records no sha256 for member {name}")
 
 
 def _extract(path: Path, zf: zipfile.ZipFile, name: str, entry: dict[str, Any],

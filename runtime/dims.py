@@ -70,7 +70,7 @@ def _pow(a: Number, b: Number) -> Number:
 
 _FUNCS: dict[str, tuple[Callable[..., Number], int | None]] = {
     # name: (function, exact argument count or None for "one or more")
-    "floor": (_floor, 1), "ceiling": (_floor, 1),
+    "floor": (_floor, 1), "ceiling": (_ceiling, 1),
     "Max": (lambda *xs: max(xs), None), "Min": (lambda *xs: min(xs), None),
     "Mod": (_mod, 2),
 }

@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import ArtifactError, DimExpressionError, KernelError, RuntimeInputError
 from . import dims, dtypes, ffi
 from .buffers import ALIGNMENT, aligned_copy, aligned_empty, ensure_aligned, is_aligned
-from .plan import Plan, Port
+from .plan import Plan, Port, Signature
 
 DEFAULT_MAX_CACHED_BINDINGS = 8
 
@@ -59,14 +59,20 @@ class _Memory:
 
 
 class Executor:
-    def __init__(self, plan: Plan, kernel_module_path: str | Path,
+    def __init__(self, plan: Plan, kernel_module_path: str | Path | None,
                  weights: Mapping[str, np.ndarray], *,
                  max_cached_bindings: int = DEFAULT_MAX_CACHED_BINDINGS):
         self.plan = plan.validate()
-        self.path = Path(kernel_module_path)
+        self.path = Path(kernel_module_path) if kernel_module_path else None
         self.max_cached_bindings = max(1, max_cached_bindings)
         kernel_names = list(dict.fromkeys(s.kernel for s in plan.steps))
-        self.module, functions = ffi.load_kernels(self.path, kernel_names)
+        functions: dict[str, Any] = {}
+        self.module = None          # a plan without steps needs no kernel library
+        if kernel_names:
+            if self.path is None:
+                raise ArtifactError(f"plan {plan.name!r} calls kernels but no kernel library "
+                                    "was given")
+            self.module, functions = ffi.load_kernels(self.path, kernel_names)
         self._steps = [(i, s, functions[s.kernel]) for i, s in enumerate(plan.steps)]
         self._constants, self._constant_tensors = self._load_constants(weights)
         self._symbols = sorted(plan.bindable_symbols())
@@ -80,11 +86,12 @@ class Executor:
         self._lock = threading.Lock()
 
     @property
-    def signature(self):
+    def signature(self) -> Signature:
         return self.plan.signature
 
     def __repr__(self) -> str:
-        return f"<kiln Executor {self.plan.name} {self.plan.signature} ({self.path.name})>"
+        library = self.path.name if self.path else "no kernels"
+        return f"<kiln Executor {self.plan.name} {self.plan.signature} ({library})>"
 
     def _load_constants(self, weights: Mapping[str, np.ndarray]):
         arrays: dict[str, np.ndarray] = {}
@@ -93,8 +100,6 @@ class Executor:
             if key not in weights:
                 raise ArtifactError(f"the weights hold no {key!r} for constant %{value}")
             array = np.asarray(weights[key])
-            if not all(isinstance(d, int) for d in spec.shape):
-                raise ArtifactError(f"constant %{value} has a symbolic shape {spec}")
             want = dtypes.storage_shape(spec.dtype, spec.shape)  # type: ignore[arg-type]
             if array.dtype != dtypes.numpy_dtype(spec.dtype) or array.shape != want:
                 raise ArtifactError(f"weight {key!r} for constant %{value} is {array.dtype}"
@@ -112,8 +117,8 @@ class Executor:
         views = [self._view(port, dt, x) for port, dt, x in zip(self._ports, self._dtypes, given)]
         bindings = self._bind([shape for _, shape in views])
         tensors, arrays = [], []
-        for port, (tensor, _), x in zip(self._ports, views, given):
-            tensor, array = self._kernel_ready(port, tensor, x)
+        for (tensor, _), x in zip(views, given):
+            tensor, array = self._kernel_ready(tensor, x)
             tensors.append(tensor)
             arrays.append(array)
         return Prepared(bindings, tensors, arrays)
@@ -156,6 +161,8 @@ class Executor:
     # --- inputs ------------------------------------------------------------------------
     def _match(self, inputs: tuple[Any, ...], named: dict[str, Any]) -> list[Any]:
         names = self.plan.input_names
+        if not named and len(inputs) == len(names):          # the common case
+            return list(inputs)
         expected = ", ".join(map(str, self._ports)) or "no inputs"
         if len(inputs) > len(names):
             raise RuntimeInputError(f"got {len(inputs)} positional inputs, but "
@@ -179,11 +186,13 @@ class Executor:
     @staticmethod
     def _view(port: Port, dtype: np.dtype, x: Any) -> tuple[Any, tuple[int, ...]]:
         """Check dtype and device; return (tensor or None for NumPy, shape)."""
-        want = f"{port.dtype} ({dtypes.TVM_DTYPES[port.dtype]})"
+        def wrong_dtype(got: object) -> RuntimeInputError:
+            return RuntimeInputError(f"input {port.name!r} has dtype {got}, expected "
+                                     f"{port.dtype} ({dtypes.TVM_DTYPES[port.dtype]}); kiln "
+                                     "does not cast inputs")
         if isinstance(x, np.ndarray):
             if x.dtype != dtype:
-                raise RuntimeInputError(f"input {port.name!r} has dtype {x.dtype}, expected "
-                                        f"{want}; kiln does not cast inputs")
+                raise wrong_dtype(x.dtype)
             return None, x.shape
         if not hasattr(x, "__dlpack__"):
             raise RuntimeInputError(f"input {port.name!r} is a {type(x).__name__}; pass a "
@@ -191,14 +200,14 @@ class Executor:
         try:
             tensor = ffi.tvm_ffi.from_dlpack(x)
         except Exception as e:  # noqa: BLE001  producers raise BufferError, RuntimeError, ...
+            first_line = (str(e).splitlines() or [type(e).__name__])[0]
             raise RuntimeInputError(f"input {port.name!r}: cannot read it through DLPack: "
-                                    f"{e}") from None
+                                    f"{first_line}") from None
         if not ffi.is_cpu(tensor):
             raise RuntimeInputError(f"input {port.name!r} is on {tensor.device}; this model "
                                     "runs on the CPU (move the tensor with .cpu())")
         if str(tensor.dtype) != dtypes.TVM_DTYPES[port.dtype]:
-            raise RuntimeInputError(f"input {port.name!r} has dtype {tensor.dtype}, expected "
-                                    f"{want}; kiln does not cast inputs")
+            raise wrong_dtype(tensor.dtype)
         return tensor, tuple(tensor.shape)
 
     def _bind(self, shapes: list[tuple[int, ...]]) -> dict[str, int]:
@@ -244,7 +253,7 @@ class Executor:
         return bindings
 
     @staticmethod
-    def _kernel_ready(port: Port, tensor: Any, x: Any) -> tuple[Any, np.ndarray | None]:
+    def _kernel_ready(tensor: Any, x: Any) -> tuple[Any, np.ndarray | None]:
         """The input as a contiguous, 64-byte aligned tensor; copied only if it is not."""
         if tensor is None:                                   # a NumPy array
             array = x if is_aligned(x) else aligned_copy(x)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, KilnError
 from .dtypes import NUMPY_DTYPES
 
 
@@ -108,7 +108,8 @@ def _retag(capsule: Any, from_code: int, to_code: int) -> Any:
     address = _capsule_pointer(capsule, b"dltensor_versioned") + _VERSIONED_DTYPE_CODE_OFFSET
     code = ctypes.c_uint8.from_address(address)
     if code.value != from_code:  # the layout is not what this module assumes: stop here
-        raise ArtifactError(f"unexpected DLPack dtype code {code.value} (expected {from_code})")
+        raise KilnError(f"unexpected DLPack dtype code {code.value} (expected {from_code}): "
+                        "the DLPack capsule layout is not the one kiln.runtime.ffi knows")
     code.value = to_code
     return capsule
 

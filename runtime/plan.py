@@ -215,6 +215,8 @@ class Plan:
                 raise bad(f"constant %{name} has no entry in values")
             if not isinstance(key, str) or not key:
                 raise bad(f"constant %{name} has no weights key")
+            if not all(isinstance(d, int) for d in self.values[name].shape):
+                raise bad(f"constant %{name} has a symbolic shape {self.values[name]}")
             defined.add(name)
         for i, step in enumerate(self.steps):
             where = f"step {i} (kernel {step.kernel!r})"
