@@ -5,6 +5,12 @@
         ExportedProgram, or a .kir file (weights from the .safetensors beside it)
     kiln check FILE.kir
         parse and verify; print a one-line summary, or the error and exit 1
+    kiln compile MODEL -o OUT.kiln [--target cpu] [--dynamic batch | INPUT:AXIS=SYMBOL ...]
+        compile to a deployable artifact, showing each stage and its time
+    kiln run OUT.kiln --input NAME=FILE.npy ... [--output-dir DIR]
+        run an artifact through the runtime
+    kiln inspect OUT.kiln
+        signature, plan, kernels, member sizes and peak memory of an artifact
 
 Kiln errors print as one message (with file:line:col for parse errors) on stderr
 and exit with status 1, without a Python traceback. torch is imported only by
@@ -18,6 +24,7 @@ import inspect
 import logging
 import re
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -54,14 +61,22 @@ _DYNAMIC = re.compile(r"^(?P<input>[^:=]+):(?P<axis>-?\d+)=(?P<symbol>[A-Za-z_][
 TORCH_SUFFIXES = (".py", ".pt2")
 
 
+_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ALL_INPUTS = "*"   # key of a bare `--dynamic batch`: axis 0 of every input
+
+
 def parse_dynamic(specs: list[str]) -> dict[str | int, dict[int, str]]:
     """`["x:0=batch", "x:1=seq", "1:0=batch"]` -> `{"x": {0: "batch", 1: "seq"}, 1: {0: "batch"}}`
-    (an all-digit INPUT is a position)."""
+    (an all-digit INPUT is a position); a bare `batch` means axis 0 of every input."""
     out: dict[str | int, dict[int, str]] = {}
     for spec in specs:
+        if _SYMBOL.match(spec.strip()):
+            out.setdefault(ALL_INPUTS, {})[0] = spec.strip()
+            continue
         m = _DYNAMIC.match(spec.strip())
         if not m:
-            raise typer.BadParameter(f"{spec!r} is not INPUT:AXIS=SYMBOL (e.g. x:0=batch)",
+            raise typer.BadParameter(f"{spec!r} is neither SYMBOL (axis 0 of every input, e.g. "
+                                     "batch) nor INPUT:AXIS=SYMBOL (e.g. x:0=batch)",
                                      param_hint="--dynamic")
         name = m["input"]
         key: str | int = int(name) if name.isdigit() else name
@@ -115,11 +130,25 @@ def _import_torch(path: Path, factory: str, dynamic: dict) -> Graph:
                                 f"{type(e).__name__}: {e}") from None
         finally:
             log.setLevel(level)
-        return import_model(program, None, dynamic or None)
+        names = [s.arg.name for s in program.graph_signature.input_specs
+                 if s.kind.name == "USER_INPUT"]
+        return import_model(program, None, _expand_all_inputs(dynamic, range(len(names))) or None)
     model, inputs, dims = _load_factory(path, factory)
-    for key, axes in dynamic.items():        # --dynamic adds to (and overrides) the factory's
+    keys = list(inputs) if isinstance(inputs, dict) else \
+        range(len(inputs) if isinstance(inputs, (tuple, list)) else 1)
+    for key, axes in _expand_all_inputs(dynamic, keys).items():        # --dynamic adds to (and overrides) the factory's
         dims[key] = {**dict(dims.get(key, {})), **axes}
     return import_model(model, inputs, dims or None)
+
+
+def _expand_all_inputs(dynamic: dict, keys) -> dict:
+    """Replace a bare `--dynamic SYMBOL` entry by axis 0 of each input in `keys`."""
+    dynamic = dict(dynamic)
+    every = dynamic.pop(ALL_INPUTS, None)
+    if every:
+        for key in keys:
+            dynamic[key] = {**every, **dynamic.get(key, {})}
+    return dynamic
 
 
 def read_model(path: Path, *, factory: str = "make_model",
@@ -192,6 +221,127 @@ def check_command(
     graph = load(file)
     verify(graph)
     typer.echo(f"ok {summary(graph)}")
+
+
+# --- kiln compile ----------------------------------------------------------------------------
+@app.command("compile")
+@_reports_kiln_errors
+def compile_command(
+    model: Path = typer.Argument(..., metavar="MODEL", show_default=False,
+                                 help="A .py file with a model factory, a .pt2 ExportedProgram, "
+                                      "or a .kir file."),
+    output: Path = typer.Option(..., "-o", "--output", metavar="OUT.kiln",
+                                help="The artifact to write."),
+    target: str = typer.Option("cpu", "--target", help="What to compile for (cpu)."),
+    dynamic: list[str] = typer.Option([], "--dynamic", metavar="SYMBOL|INPUT:AXIS=SYMBOL",
+                                      help="Make an axis symbolic (repeatable): a bare SYMBOL "
+                                           "is axis 0 of every input (--dynamic batch)."),
+    factory: str = typer.Option("make_model", "--factory", metavar="NAME",
+                                help="The function of a .py MODEL that returns (module, "
+                                     "example_inputs[, dynamic_dims])."),
+) -> None:
+    """Compile a model ahead of time into a .kiln artifact."""
+    from rich.console import Console
+
+    from .compiler import compile as compile_model
+    console = Console(stderr=True, highlight=False)
+    total = time.perf_counter()
+    with console.status("import") as status:
+        def on_stage(name: str, seconds: float | None) -> None:
+            if seconds is None:
+                status.update(f"{name} ...")
+            else:
+                console.print(f"  [green]✓[/green] {name:<8} {seconds:7.2f} s")
+        on_stage("import", None)
+        start = time.perf_counter()
+        graph = read_model(model, factory=factory, dynamic=parse_dynamic(dynamic))
+        on_stage("import", time.perf_counter() - start)
+        compiled = compile_model(graph, target=target, on_stage=on_stage)
+        on_stage("save", None)
+        start = time.perf_counter()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        compiled.save(output)
+        on_stage("save", time.perf_counter() - start)
+    r = compiled.report
+    console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in "
+                  f"{time.perf_counter() - total:.1f} s: {r.kernel_calls} kernel calls, "
+                  f"{r.distinct_kernels} distinct kernels; signature {compiled.signature}")
+
+
+# --- kiln run ---------------------------------------------------------------------------------
+@app.command("run")
+@_reports_kiln_errors
+def run_command(
+    artifact: Path = typer.Argument(..., metavar="OUT.kiln", show_default=False,
+                                    help="A compiled .kiln artifact."),
+    inputs: list[str] = typer.Option([], "--input", "-i", metavar="NAME=FILE.npy",
+                                     help="An input as a .npy file (repeatable)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", metavar="DIR",
+                                              help="Write each output to DIR/NAME.npy."),
+) -> None:
+    """Run a .kiln artifact on .npy inputs through the runtime."""
+    import numpy as np
+
+    from .runtime.artifact import load as load_artifact
+    feeds: dict[str, Any] = {}
+    for spec in inputs:
+        name, sep, file = spec.partition("=")
+        if not sep or not name or not file:
+            raise typer.BadParameter(f"{spec!r} is not NAME=FILE.npy", param_hint="--input")
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise KilnError(f"input {name}: cannot read {file}: {e}") from None
+    loaded = load_artifact(artifact)
+    start = time.perf_counter()
+    outputs = loaded(**feeds)
+    ms = 1e3 * (time.perf_counter() - start)
+    for port, array in zip(loaded.signature.outputs, outputs):
+        line = f"{port.name}: {array.dtype}{list(array.shape)}"
+        if array.size and array.dtype.kind in "fiu":
+            line += f" min {array.min():.6g} max {array.max():.6g} mean {array.mean():.6g}"
+        if output_dir is not None:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            np.save(output_dir / f"{port.name}.npy", array)
+            line += f" -> {output_dir / (port.name + '.npy')}"
+        typer.echo(line)
+    typer.echo(f"ran in {ms:.2f} ms (first call: includes buffer allocation)")
+
+
+# --- kiln inspect -----------------------------------------------------------------------------
+@app.command("inspect")
+@_reports_kiln_errors
+def inspect_command(
+    artifact: Path = typer.Argument(..., metavar="OUT.kiln", show_default=False,
+                                    help="A compiled .kiln artifact."),
+    bind: list[str] = typer.Option([], "--bind", metavar="SYMBOL=N",
+                                   help="Symbol values for the memory figures (default 1)."),
+) -> None:
+    """Show an artifact's signature, plan, kernels, sizes and peak memory."""
+    from .passes.memory import memory_report
+    from .runtime.artifact import load as load_artifact
+    loaded = load_artifact(artifact)
+    plan, manifest = loaded.plan, loaded.manifest
+    bindings = {s: 1 for s in plan.bindable_symbols()}
+    for spec in bind:
+        name, _, value = spec.partition("=")
+        if not value.isdigit():
+            raise typer.BadParameter(f"{spec!r} is not SYMBOL=N", param_hint="--bind")
+        bindings[name] = int(value)
+    typer.echo(f"artifact   {artifact} (kiln {loaded.kiln_version}, format "
+               f"{manifest['format_version']}, target {loaded.target})")
+    typer.echo(f"signature  {plan.signature}")
+    for name, entry in manifest["members"].items():
+        typer.echo(f"member     {name:<20} {entry['bytes']:>12,} bytes  sha256 "
+                   f"{entry['sha256'][:16]}…")
+    kernels = Counter(step.kernel for step in plan.steps)
+    typer.echo(f"plan       {len(plan.steps)} steps, {len(kernels)} distinct kernels, "
+               f"{len(plan.constants)} constants, {plan.num_slots} memory slots")
+    for kernel, count in sorted(kernels.items(), key=lambda kv: (-kv[1], kv[0])):
+        typer.echo(f"  kernel   {kernel:<48} x{count}")
+    typer.echo(f"memory     {memory_report(plan, bindings)}")
+    if "report" in manifest.get("extra", {}):
+        typer.echo(f"compile    {manifest['extra']['report']}")
 
 
 def main() -> None:

@@ -11,12 +11,13 @@ The compiler side imports everything; the `CompiledModel` runs on the runtime al
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -79,35 +80,60 @@ class CompiledModel:
         return f"<CompiledModel {self.plan.name} {self.signature}>"
 
 
+StageHook = Callable[[str, float | None], None]
+
+
+class _Stages:
+    """Times each compile stage into the report; tells `on_stage(name, None)` when a
+    stage starts and `on_stage(name, seconds)` when it ends (the CLI's progress)."""
+
+    def __init__(self, report: CompileReport, on_stage: StageHook | None):
+        self.report, self.on_stage = report, on_stage
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.on_stage:
+            self.on_stage(name, None)
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        self.report.seconds[name] = self.report.seconds.get(name, 0.0) + seconds
+        if self.on_stage:
+            self.on_stage(name, seconds)
+
+
 def compile(model: Any, example_inputs: Any = None, *, target: str = "cpu",
             dynamic_dims: Mapping[Any, Mapping[int, str]] | None = None,
-            passes: str | None = None) -> CompiledModel:
+            passes: str | None = None, on_stage: StageHook | None = None) -> CompiledModel:
     """Compile `model` (an nn.Module, an ExportedProgram, a kiln Graph or a `.kir`
     path) for `target`. `dynamic_dims` maps an input name (or position) to
-    `{axis: "symbol"}`; one compiled model then serves every value of each symbol."""
+    `{axis: "symbol"}`; one compiled model then serves every value of each symbol.
+    `on_stage(name, seconds)` is called as each stage starts (seconds=None) and ends."""
     if target not in TARGETS:
         raise KilnError(f"unknown target {target!r}; kiln compiles for: {', '.join(TARGETS)}")
     if passes is not None:
         raise KilnError("custom pass pipelines (passes=...) are not available yet: kiln "
                         "has no PassManager; leave passes=None")
     report = CompileReport()
-    start = time.perf_counter()
-    graph = to_graph(model, example_inputs, dynamic_dims)
-    report.seconds["import"] = time.perf_counter() - start
-    start = time.perf_counter()
-    eliminate_dead_code(graph)
-    verify(graph)
-    report.seconds["passes"] = time.perf_counter() - start
-
-    from .codegen.tvm.build import build_graph   # the compiler's heaviest import
-    workdir = tempfile.TemporaryDirectory(prefix="kiln-build-")
-    built = build_graph(graph, workdir.name)
-    report.seconds.update(built.seconds)
-    plan = plan_memory(make_plan(graph, built.calls))
+    stage = _Stages(report, on_stage)
+    with stage("import"):
+        graph = to_graph(model, example_inputs, dynamic_dims)
+    with stage("passes"):
+        eliminate_dead_code(graph)
+        verify(graph)
+    with stage("codegen"):
+        from .codegen.tvm.build import build_graph   # the compiler's heaviest import
+        from .codegen.tvm.target import cpu_target
+        workdir = tempfile.TemporaryDirectory(prefix="kiln-build-")
+        tvm_target = cpu_target()
+        built = build_graph(graph, workdir.name, tvm_target)
+    with stage("plan"):
+        plan = plan_memory(make_plan(graph, built.calls))
     report.nodes = len(graph.nodes)
     report.kernel_calls = len(built.calls)
     report.distinct_kernels = len(built.kernels)
-    return CompiledModel(graph, plan, built.library, workdir, target, report)
+    target_name = f"llvm -mcpu={tvm_target.attrs['mcpu']}"
+    return CompiledModel(graph, plan, built.library, workdir, target_name, report)
 
 
 def to_graph(model: Any, example_inputs: Any, dynamic_dims: Any) -> Graph:
