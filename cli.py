@@ -265,7 +265,8 @@ def compile_command(
     r = compiled.report
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in "
                   f"{time.perf_counter() - total:.1f} s: {r.kernel_calls} kernel calls, "
-                  f"{r.distinct_kernels} distinct kernels; signature {compiled.signature}")
+                  f"{r.distinct_kernels} distinct kernels\nsignature {compiled.signature}",
+                  markup=False)
 
 
 # --- kiln run ---------------------------------------------------------------------------------

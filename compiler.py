@@ -116,8 +116,11 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "cpu",
                         "has no PassManager; leave passes=None")
     report = CompileReport()
     stage = _Stages(report, on_stage)
-    with stage("import"):
+    if isinstance(model, Graph):           # already imported (e.g. by the CLI)
         graph = to_graph(model, example_inputs, dynamic_dims)
+    else:
+        with stage("import"):
+            graph = to_graph(model, example_inputs, dynamic_dims)
     with stage("passes"):
         eliminate_dead_code(graph)
         verify(graph)
