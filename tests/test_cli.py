@@ -1,4 +1,5 @@
-"""The `kiln` command: `kiln ir` and `kiln check`, with --help everywhere."""
+"""The `kiln` command: `kiln ir`, `kiln check`, `kiln compile`, `kiln run` and
+`kiln inspect`, with --help everywhere."""
 from __future__ import annotations
 
 import subprocess
@@ -46,7 +47,10 @@ def good_kir(tmp_path: Path) -> Path:
 
 # --- help --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args, expected", [
-    ([], ["ir", "check"]),
+    ([], ["ir", "check", "compile", "run", "inspect"]),
+    (["compile"], ["MODEL", "--output", "--target", "--dynamic", "--factory"]),
+    (["run"], ["OUT.kiln", "--input", "--output-dir"]),
+    (["inspect"], ["OUT.kiln", "--bind"]),
     (["ir"], ["MODEL", "--output", "--dynamic", "INPUT:AXIS=SYMBOL", "--factory",
               "--no-locations"]),
     (["check"], ["FILE.kir"]),
@@ -183,13 +187,14 @@ def test_ir_unknown_suffix(tmp_path):
 def test_bad_dynamic_spec(good_kir):
     result = kiln("ir", good_kir, "--dynamic", "x0=batch")
     assert result.exit_code == 2        # a usage error, reported by typer
-    assert "'x0=batch' is not INPUT:AXIS=SYMBOL" in result.output
+    assert "'x0=batch' is neither SYMBOL" in result.output
 
 
 def test_parse_dynamic():
     assert parse_dynamic(["x:0=batch", "x:1=seq", "1:0=batch", "ids:-1=n"]) == {
         "x": {0: "batch", 1: "seq"}, 1: {0: "batch"}, "ids": {-1: "n"}}
     assert parse_dynamic([]) == {}
+    assert parse_dynamic(["batch"]) == {"*": {0: "batch"}}   # axis 0 of every input
 
 
 # --- kiln ir on torch models (needs kiln.frontend.torch) -----------------------------------------
@@ -306,3 +311,41 @@ def test_ir_on_a_corrupt_pt2_file(tmp_path):
     result = kiln("ir", pt2)
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: cannot load the ExportedProgram {pt2}: ")
+
+
+# --- kiln compile / run / inspect ----------------------------------------------------------------
+def test_compile_run_inspect(model_py, tmp_path):
+    out = tmp_path / "tiny.kiln"
+    result = kiln("compile", model_py, "-o", out, "--factory", "make_static", "--dynamic", "batch")
+    assert result.exit_code == 0, result.output
+    for stage in ("import", "passes", "codegen", "plan", "save"):
+        assert stage in result.output
+    assert "x: f32[batch, 4]" in result.output and out.exists()
+
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = kiln("run", out, "--input", f"x={tmp_path / 'x.npy'}", "--output-dir", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    produced = sorted((tmp_path / "o").glob("*.npy"))
+    assert len(produced) == 1 and np.load(produced[0]).shape == (5, 2)
+    import kiln as kiln_pkg
+    np.testing.assert_array_equal(np.load(produced[0]), kiln_pkg.load(out)(x)[0])
+
+    result = kiln("inspect", out, "--bind", "batch=8")
+    assert result.exit_code == 0, result.output
+    for word in ("signature", "x: f32[batch, 4]", "kernels.so", "weights.safetensors",
+                 "steps", "kernel", "memory plan", "'batch': 8"):
+        assert word in result.output, word
+
+
+def test_run_reports_a_missing_input(model_py, tmp_path):
+    out = tmp_path / "tiny.kiln"
+    assert kiln("compile", model_py, "-o", out).exit_code == 0
+    result = kiln("run", out)
+    assert result.exit_code == 1
+    assert "missing input" in result.output and "'x'" in result.output
+
+
+def test_compile_refuses_an_unknown_target(model_py, tmp_path):
+    result = kiln("compile", model_py, "-o", tmp_path / "t.kiln", "--target", "tpu")
+    assert result.exit_code == 1 and "unknown target 'tpu'" in result.output
