@@ -41,6 +41,14 @@ def tvm_dtype(dt: DType) -> str:
     return _TVM_DTYPES[dt.name]
 
 
+def dtype_of(e: Any) -> str:
+    """The dtype of a TIR expression, a tensor element or a te.Tensor, as a string."""
+    ty = getattr(e, "ty", None)
+    if ty is not None and hasattr(ty, "dtype"):
+        return str(ty.dtype)
+    return str(e.dtype)
+
+
 def is_float(dtype: str) -> bool:
     return dtype.startswith(("float", "bfloat"))
 
@@ -81,17 +89,17 @@ class LowerContext:
             self.vars[name] = tirx.Var(name, INDEX)
         return self.vars[name]
 
-    def dim(self, d: symbolic.Dim) -> tirx.PrimExpr:
+    def dim(self, d: symbolic.Dim) -> tirx.Expr:
         if isinstance(d, int):
             return index(d)
         if d in self._opaque:
             return self.var(d)
         return _to_prim(symbolic.to_expr(d), self.var)
 
-    def shape(self, shape: Sequence[symbolic.Dim]) -> list[tirx.PrimExpr]:
+    def shape(self, shape: Sequence[symbolic.Dim]) -> list[tirx.Expr]:
         return [self.dim(d) for d in shape]
 
-    def out_shape(self, i: int = 0) -> list[tirx.PrimExpr]:
+    def out_shape(self, i: int = 0) -> list[tirx.Expr]:
         return self.shape(self.out_types[i].shape)
 
     def out_dtype(self, i: int = 0) -> str:
@@ -103,7 +111,7 @@ class LowerContext:
         return CodegenError(f"TVM lowering of {self.node.format()}{source}: {message}")
 
 
-def _to_prim(e: sympy.Expr, var: Callable[[str], tirx.Var]) -> tirx.PrimExpr:
+def _to_prim(e: sympy.Expr, var: Callable[[str], tirx.Var]) -> tirx.Expr:
     """A sympy integer expression over positive integer symbols as a TIR expression."""
     numer, denom = sympy.fraction(sympy.together(e))
     if denom != 1:  # integer-valued with rational coefficients: h*(h+1)/2
@@ -156,7 +164,7 @@ def numpy_scalar(value: Any, dtype: str) -> Any:
     return np.asarray(value).astype(np_dtype).item()
 
 
-def const(value: Any, dtype: str) -> tirx.PrimExpr:
+def const(value: Any, dtype: str) -> tirx.Expr:
     """A constant of `dtype` holding `value` rounded as NumPy rounds it."""
     v = numpy_scalar(value, dtype)
     if dtype == "bool":
@@ -169,52 +177,60 @@ def compute_dtype(dtype: str) -> str:
     return "float32" if dtype in HALF else dtype
 
 
-def widen(e: tirx.PrimExpr) -> tirx.PrimExpr:
-    return e.astype("float32") if e.dtype in HALF else e
+def widen(e: tirx.Expr) -> tirx.Expr:
+    """A half-type value as float32 (exact); other values unchanged.
+
+    bfloat16 is widened by hand (its bits are float32's upper half): TVM's bfloat16
+    legalization turns some casts inside reductions into unsigned-integer conversions."""
+    dtype = dtype_of(e)
+    if dtype == "bfloat16":
+        bits = tirx.reinterpret("uint16", e).astype("uint32")
+        return tirx.reinterpret("float32", tirx.shift_left(bits, tirx.const(16, "uint32")))
+    return e.astype("float32") if dtype == "float16" else e
 
 
-def narrow(e: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
-    return e if e.dtype == dtype else e.astype(dtype)
+def narrow(e: tirx.Expr, dtype: str) -> tirx.Expr:
+    return e if dtype_of(e) == dtype else e.astype(dtype)
 
 
-def select(cond: tirx.PrimExpr, a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+def select(cond: tirx.Expr, a: tirx.Expr, b: tirx.Expr) -> tirx.Expr:
     """Both branches are evaluated (vectorizes); use `tirx.if_then_else` to guard loads."""
     return tirx.Select(cond, a, b)
 
 
-def nan_max(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+def nan_max(a: tirx.Expr, b: tirx.Expr) -> tirx.Expr:
     """np.maximum: NaN if either is NaN."""
-    if not is_float(a.dtype):
+    if not is_float(dtype_of(a)):
         return tirx.max(a, b)
-    return select(tirx.Or(tirx.isnan(a), a >= b), a, b)
+    return select(tirx.Or(tirx.isnan(widen(a)), widen(a) >= widen(b)), a, b)
 
 
-def nan_min(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
+def nan_min(a: tirx.Expr, b: tirx.Expr) -> tirx.Expr:
     """np.minimum: NaN if either is NaN."""
-    if not is_float(a.dtype):
+    if not is_float(dtype_of(a)):
         return tirx.min(a, b)
-    return select(tirx.Or(tirx.isnan(a), a <= b), a, b)
+    return select(tirx.Or(tirx.isnan(widen(a)), widen(a) <= widen(b)), a, b)
 
 
-def lowest(dtype: str) -> tirx.PrimExpr:
+def lowest(dtype: str) -> tirx.Expr:
     """The identity of max: -inf for floats, the minimum for integers."""
     if is_float(dtype):
         return tirx.const(-np.inf, dtype)
     return tirx.min_value(dtype)
 
 
-def highest(dtype: str) -> tirx.PrimExpr:
+def highest(dtype: str) -> tirx.Expr:
     if is_float(dtype):
         return tirx.const(np.inf, dtype)
     return tirx.max_value(dtype)
 
 
 # --- indexing ------------------------------------------------------------------------------
-def is_one(d: tirx.PrimExpr) -> bool:
+def is_one(d: tirx.Expr) -> bool:
     return isinstance(d, tirx.IntImm) and d.value == 1
 
 
-def load_broadcast(t: te.Tensor, idx: Sequence[tirx.PrimExpr]) -> tirx.PrimExpr:
+def load_broadcast(t: te.Tensor, idx: Sequence[tirx.Expr]) -> tirx.Expr:
     """`t` read at output index `idx` under NumPy broadcasting (kiln broadcasts only
     static size-1 dims; a symbolic dim never broadcasts)."""
     rank, out_rank = len(t.shape), len(idx)
@@ -223,7 +239,7 @@ def load_broadcast(t: te.Tensor, idx: Sequence[tirx.PrimExpr]) -> tirx.PrimExpr:
 
 
 def elementwise(ctx: LowerContext, inputs: Sequence[te.Tensor],
-                fn: Callable[..., tirx.PrimExpr], name: str | None = None) -> te.Tensor:
+                fn: Callable[..., tirx.Expr], name: str | None = None) -> te.Tensor:
     """out[i] = fn(in0[i], in1[i], ...) over the node's output shape, broadcasting; the
     result is converted to the node's output dtype."""
     dtype = ctx.out_dtype()
@@ -233,7 +249,7 @@ def elementwise(ctx: LowerContext, inputs: Sequence[te.Tensor],
     return te.compute(ctx.out_shape(), body, name=name or ctx.node.op)
 
 
-def normalize_index(i: tirx.PrimExpr, size: tirx.PrimExpr) -> tirx.PrimExpr:
+def normalize_index(i: tirx.Expr, size: tirx.Expr) -> tirx.Expr:
     """A possibly negative index (from the end, as NumPy) as an int64 index in [0, size).
 
     The references raise for an index outside [-size, size); a kernel cannot, so it

@@ -21,11 +21,16 @@ registers all of them. `constant` has no kernel: the runtime reads weights.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import tvm
+import tvm.sym
 from tvm import te, tirx
 
 from ...errors import CodegenError, UnsupportedOpsError
 from ...ir.graph import Graph, Node
+# the GEMM module first: its contraction lowerings take precedence over the basic ones
+from . import gemm  # noqa: F401  (matmul, linear, conv, attention + their SCHEDULES)
 from . import lower_elementwise, lower_layout, lower_linalg, lower_reduction  # noqa: F401
 from . import schedule as _schedule
 from .common import INDEX, LowerContext, tvm_dtype
@@ -49,12 +54,17 @@ def missing_lowerings(graph: Graph) -> dict[str, list[str]]:
     return missing
 
 
-def lower_node(node: Node, name: str) -> tirx.PrimFunc:
-    """The scheduled PrimFunc computing `node`, exported as `name`."""
+def lower_node(node: Node, name: str, *, lowering: Callable | None = None,
+               schedule: _schedule.ScheduleFn | None = None) -> tirx.PrimFunc:
+    """The scheduled PrimFunc computing `node`, exported as `name`.
+
+    `lowering` and `schedule` replace the registered lowering and the schedule
+    `schedule.schedule` would choose (to compile an alternative, e.g. a basic
+    contraction lowering, side by side with the registered one)."""
     if node.op in NO_KERNEL:
         raise CodegenError(f"{node.format()}: a {node.op} node has no kernel (the runtime "
                            "reads it from the weights)")
-    lowering = node.opdef.lowerings.get(BACKEND)
+    lowering = lowering or node.opdef.lowerings.get(BACKEND)
     if lowering is None:
         raise UnsupportedOpsError("no TVM lowering", {node.op: [_place(node)]})
     ctx = LowerContext(node)
@@ -68,10 +78,10 @@ def lower_node(node: Node, name: str) -> tirx.PrimFunc:
     scalars = _unbound_symbols(ctx, inputs + outputs)
     func = te.create_prim_func(inputs + outputs + [ctx.var(s) for s in scalars],
                                index_dtype_override=INDEX)
-    func = func.with_attr("global_symbol", name)
     if scalars:
         func = func.with_attr(SYMBOL_ARGS_ATTR, scalars)
-    return _schedule.schedule(func, node)
+    # scheduling works on a module's "main"; the exported name is set afterwards
+    return _schedule.schedule(func, node, schedule).with_attr("global_symbol", name)
 
 
 def symbol_args(func: tirx.PrimFunc) -> list[str]:
@@ -89,7 +99,7 @@ def _check_outputs(ctx: LowerContext, outputs: list[te.Tensor], inputs: list[te.
     if len(outputs) != len(ctx.out_types):
         raise ctx.fail(f"the lowering returned {len(outputs)} tensors for "
                        f"{len(ctx.out_types)} outputs")
-    analyzer = tvm.arith.Analyzer()
+    analyzer = tvm.sym.Analyzer()
     checked: list[te.Tensor] = []
     for i, (t, declared) in enumerate(zip(outputs, ctx.out_types)):
         want_dtype = tvm_dtype(declared.dtype)

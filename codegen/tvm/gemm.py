@@ -1,0 +1,433 @@
+"""Contraction kernels of the TVM CPU backend: the GEMM template (TE compute plus a
+hand-written s_tir schedule) and the `matmul` and `linear` lowerings built on it.
+`conv.py` (conv) and `attention.py` (scaled_dot_product_attention) reuse the template;
+importing this module registers all four lowerings and their schedules (`SCHEDULES`).
+
+The template, for out[b, r, c] = epilogue(sum_k L[b, r, k] * R[b, k, c]):
+
+    Lp[bL, ro, k, mi] = L[bL, min(ro*MR + mi, rows-1), k]   # row panels, clamped rows
+    Rp[bR, co, k, ni] = R[bR, k, min(co*NB + ni, cols-1)]   # column panels, clamped
+    Acc[b, r, c]      = sum_k Lp[.., r//MR, k, r%MR] * Rp[.., c//NB, k, c%NB]
+    out[...]          = epilogue(Acc[b, r, c])               # bias, cast; real rows/cols
+
+- r is broadcast from Lp (MR scalars per k), c is the vector axis loaded from Rp
+  (NB = 4 registers per k): MR x NB = 6 x 64 f32 is 24 zmm accumulators on AVX-512;
+- the packs are stages inside the kernel: its parameters keep the IR's row-major
+  layout, and packing costs O(K * (rows + cols)) against O(rows * cols * K) compute;
+- padded rows and columns are computed (from clamped, finite reads) and never stored,
+  so any (symbolic) size runs unguarded inner loops;
+- accumulation is in float32 for f16/bf16 (widened in the packs, rounded once in the
+  epilogue), f32/f64 for themselves, and uint32/uint64 for integers (wrapping
+  arithmetic, equal to the reference's int64 sum cast back to the input dtype).
+
+Schedule (`schedule_gemm`):
+
+    parallel for (b, co)           # Rp[co]: K x NB, packed here while hot in L2
+      for ro:                       # Lp[ro]: K x MR, contiguous
+        acc[MR, NB] = 0             # registers
+        for k: for mi (unrolled): for ni (4 x 16-lane vectors): acc += Lp * Rp
+        out[tile] = epilogue(acc)   # vectorized over the columns
+
+When (b, co) has too few iterations to feed the threads, Rp is packed once at the
+root and the row tiles join the parallel loop. The lowering records the tiling as
+block annotations ("kiln.gemm"), which the schedule reads.
+
+Imports TVM, `kiln.ir` and the sibling `common`/`schedule` modules.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import tvm
+from tvm import s_tir, te, tirx
+
+from ...ir.graph import Node
+from ...ir.registry import register_lowering
+from .common import HALF, LowerContext, index, is_float, narrow
+from .schedule import SCHEDULES
+from .target import cpu_target
+
+ROLE = "kiln.gemm"              # block annotation: "pack_l", "pack_r", "acc"
+PARALLEL_MIN_WORK = 1 << 16     # multiply-adds below which a kernel stays serial
+
+
+# --- the machine -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Machine:
+    vector_bits: int    # 512 with AVX-512
+    registers: int      # vector registers: 32 with AVX-512, 16 with AVX2
+    threads: int
+
+    def lanes(self, dtype: str) -> int:
+        return max(1, self.vector_bits // tvm.DataType(dtype).bits)
+
+
+_MACHINE: Machine | None = None
+
+
+def machine() -> Machine:
+    """The CPU the kernels are compiled for (the host, as `cpu_target()`)."""
+    global _MACHINE
+    if _MACHINE is None:
+        target = cpu_target()
+        bits = int(tvm.target.codegen.llvm_get_vector_width(target))
+        avx512 = bool(tvm.target.codegen.target_has_features("avx512f", target))
+        threads = int(os.environ.get("TVM_NUM_THREADS", 0)) or os.cpu_count() or 1
+        _MACHINE = Machine(max(bits, 128), 32 if avx512 else 16, threads)
+    return _MACHINE
+
+
+# --- dtypes ------------------------------------------------------------------------------
+def accumulator_dtype(dtype: str) -> str:
+    """The dtype a contraction of `dtype` inputs accumulates in (see the module doc)."""
+    if dtype in HALF:
+        return "float32"
+    if is_float(dtype):
+        return dtype
+    return "uint64" if tvm.DataType(dtype).bits == 64 else "uint32"
+
+
+def to_accumulator(e: tirx.PrimExpr, acc: str) -> tirx.PrimExpr:
+    """`e` converted for accumulation: half floats widen, signed integers sign-extend
+    before their bits are reinterpreted as unsigned (the sum then wraps, no UB)."""
+    if str(e.dtype) == acc:
+        return e
+    if acc.startswith("uint") and str(e.dtype).startswith("int"):
+        e = e.astype(acc.replace("uint", "int"))
+    return e.astype(acc)
+
+
+def from_accumulator(e: tirx.PrimExpr, dtype: str) -> tirx.PrimExpr:
+    """The accumulator's value as the output dtype (integers: the low bits, as NumPy's
+    wrapping cast; floats: rounded to nearest even)."""
+    return narrow(e, dtype)
+
+
+# --- tiling --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tiling:
+    mr: int       # rows per tile (broadcast scalars per k)
+    nb: int       # columns per tile (a multiple of lanes)
+    lanes: int    # vector lanes of the accumulator dtype
+
+    def annotations(self) -> dict[str, int]:
+        return {"mr": self.mr, "nb": self.nb, "lanes": self.lanes}
+
+
+def choose_tiling(rows: tirx.PrimExpr, cols: tirx.PrimExpr, acc_dtype: str) -> Tiling:
+    """MR x NB accumulators filling the vector registers but for NB's loads and one
+    broadcast: 6 x 4 vectors on AVX-512 (24 of 32 registers), 4 x 3 on AVX2; narrow
+    matrices take fewer vectors and more rows (up to 12), short ones fewer rows."""
+    m = machine()
+    lanes = m.lanes(acc_dtype)
+    nvec = 4 if m.registers >= 32 else 3
+    if static(cols) is not None:
+        nvec = max(1, min(nvec, -(-static(cols) // lanes)))
+    mr = max(1, min(12, (m.registers - nvec - 1) // nvec))
+    if static(rows) is not None:
+        mr = max(1, min(mr, static(rows)))
+    return Tiling(mr, nvec * lanes, lanes)
+
+
+# --- expression helpers --------------------------------------------------------------------
+def static(e) -> int | None:
+    if isinstance(e, int):
+        return e
+    return e.value if isinstance(e, tirx.IntImm) else None
+
+
+def ceil_to(e: tirx.PrimExpr, m: int) -> tirx.PrimExpr:
+    """`e` rounded up to a multiple of `m`, folded when static."""
+    s = static(e)
+    if s is not None:
+        return index(-(-s // m) * m)
+    return tirx.floordiv(e + index(m - 1), index(m)) * index(m)
+
+
+def ceil_div(e: tirx.PrimExpr, m: int) -> tirx.PrimExpr:
+    s = static(e)
+    if s is not None:
+        return index(-(-s // m))
+    return tirx.floordiv(e + index(m - 1), index(m))
+
+
+def clamp_last(i: tirx.PrimExpr, size: tirx.PrimExpr, padded: tirx.PrimExpr) -> tirx.PrimExpr:
+    """min(i, size - 1), left out when the padded extent equals the size."""
+    if static(size) is not None and static(size) == static(padded):
+        return i
+    return tirx.min(i, size - index(1))
+
+
+def broadcast_index(own: Sequence[tirx.PrimExpr], out: Sequence[tirx.PrimExpr]
+                    ) -> list[tirx.PrimExpr]:
+    """An operand's batch index for output batch index `out` (right-aligned, NumPy
+    broadcasting of static size-1 dims)."""
+    lead = len(out) - len(own)
+    return [index(0) if static(d) == 1 else out[lead + k] for k, d in enumerate(own)]
+
+
+# --- the template ------------------------------------------------------------------------------
+@dataclass
+class Operand:
+    """One side of the template: its own batch dims (right-aligned against the
+    output's) and an accessor `at(batch_idx, i, k)` (i is the row for L, the column
+    for R), valid for in-range indices."""
+    batch: list[tirx.PrimExpr]
+    extent: tirx.PrimExpr
+    at: Callable[[list[tirx.PrimExpr], tirx.PrimExpr, tirx.PrimExpr], tirx.PrimExpr]
+
+
+def panel_gemm(name: str, batch: list[tirx.PrimExpr], lhs: Operand, rhs: Operand,
+               k_extent: tirx.PrimExpr, acc_dtype: str, tiling: Tiling, *,
+               columns_last: bool = True, panel_parallel: bool | None = None) -> te.Tensor:
+    """The accumulator `Acc[*batch, rows_p, cols_p]` of the template (rows and columns
+    padded to whole tiles), with its packs; the caller adds the epilogue that reads
+    it for the real rows and columns (`columns_last`: the epilogue's output has the
+    columns as its last axis, so it may be vectorized along them)."""
+    mr, nb = tiling.mr, tiling.nb
+    rows, cols, K = lhs.extent, rhs.extent, k_extent
+    rows_p, cols_p = ceil_to(rows, mr), ceil_to(cols, nb)
+
+    lp = te.compute(
+        [*lhs.batch, ceil_div(rows, mr), K, index(mr)],
+        lambda *i: to_accumulator(lhs.at(list(i[:-3]), clamp_last(i[-3] * mr + i[-1], rows,
+                                                                   rows_p), i[-2]), acc_dtype),
+        name=f"{name}_pack_l", attrs={ROLE: "pack_l"})
+    rp = te.compute(
+        [*rhs.batch, ceil_div(cols, nb), K, index(nb)],
+        lambda *i: to_accumulator(rhs.at(list(i[:-3]), clamp_last(i[-3] * nb + i[-1], cols,
+                                                                   cols_p), i[-2]), acc_dtype),
+        name=f"{name}_pack_r", attrs={ROLE: "pack_r"})
+    k = te.reduce_axis((index(0), K), name="k")
+    nbatch = len(batch)
+
+    def body(*i):
+        b, r, c = list(i[:nbatch]), i[nbatch], i[nbatch + 1]
+        bl, br = broadcast_index(lhs.batch, b), broadcast_index(rhs.batch, b)
+        return te.sum(lp[(*bl, r // mr, k, r % mr)] * rp[(*br, c // nb, k, c % nb)], axis=k)
+
+    if panel_parallel is None:
+        panel_parallel = _panel_parallel(batch, rhs.batch, cols_p, nb)
+    attrs = {ROLE: "acc", **tiling.annotations(), "nbatch": nbatch,
+             "panel_parallel": int(panel_parallel), "serial": int(_serial(batch, rows, cols, K)),
+             "vector_epilogue": int(columns_last and static(cols) is not None
+                                    and static(cols) % nb == 0)}
+    return te.compute([*batch, rows_p, cols_p], body, name=f"{name}_acc", attrs=attrs)
+
+
+def _panel_parallel(batch, rhs_batch, cols_p, nb) -> bool:
+    """Parallel over (batch, column panel) with Rp packed per panel, when Rp varies
+    with every batch index but unit ones and there are enough panels for the threads."""
+    lead = len(batch) - len(rhs_batch)
+    for i, d in enumerate(batch):
+        own = rhs_batch[i - lead] if i >= lead else None
+        if static(d) != 1 and (own is None or static(own) == 1):
+            return False    # Rp is shared along this dim: pack it once, at the root
+    n = 1
+    for d in [*batch, cols_p]:
+        s = static(d)
+        if s is None:
+            return True
+        n *= s
+    return n // nb >= 2 * machine().threads
+
+
+def _serial(batch, rows, cols, K) -> bool:
+    work = 1
+    for d in [*batch, rows, cols, K]:
+        s = static(d)
+        if s is None:
+            return False
+        work *= s
+    return work < PARALLEL_MIN_WORK
+
+
+# --- the schedule --------------------------------------------------------------------------------
+def _role(sch: s_tir.Schedule, block) -> str | None:
+    ann = sch.get(block).annotations
+    return str(ann[ROLE]) if ROLE in ann else None
+
+
+def gemm_blocks(sch: s_tir.Schedule) -> dict[str, list]:
+    """The template's blocks by role ("acc", "pack_l", "pack_r", ...), in program order."""
+    found: dict[str, list] = {}
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        role = _role(sch, block)
+        if role is not None:
+            found.setdefault(role, []).append(block)
+    return found
+
+
+def schedule_gemm(sch: s_tir.Schedule, node: Node | None = None) -> None:
+    """The schedule of the module docstring, for every accumulator block in `sch`."""
+    blocks = gemm_blocks(sch)
+    placed: set[str] = set()
+    for acc in blocks.get("acc", []):
+        placed |= schedule_accumulator(sch, acc)
+    for pack in blocks.get("pack_l", []) + blocks.get("pack_r", []):
+        if sch.get(pack).name_hint not in placed:
+            schedule_pack(sch, pack)
+
+
+def schedule_accumulator(sch: s_tir.Schedule, acc) -> set[str]:
+    """Tile, vectorize and parallelize one accumulator block. Its loops are
+    [*batch, rows, cols, *reductions]; annotations give the tiling, whether the
+    epilogue (the block's consumer) runs per tile, whether the inner reduction loops
+    (a conv's taps) unroll, and whether Rp is packed per column panel. Returns the
+    names of the packs it placed inside its loops (the others stay at the root)."""
+    ann = sch.get(acc).annotations
+    mr, nb, lanes, nbatch = (int(ann[key]) for key in ("mr", "nb", "lanes", "nbatch"))
+    loops = sch.get_loops(acc)
+    b, r, c, ks = loops[:nbatch], loops[nbatch], loops[nbatch + 1], loops[nbatch + 2:]
+    ro, mi = sch.split(r, [None, mr])
+    co, nv, lane = sch.split(c, [None, nb // lanes, lanes])
+    sch.reorder(*b, co, ro, *ks, mi, nv, lane)
+    if int(ann.get("epilogue_in_tile", 1)):
+        for out in sch.get_consumers(acc):
+            sch.reverse_compute_at(out, ro, preserve_unit_loops=True)
+            if int(ann["vector_epilogue"]):
+                vectorize_epilogue(sch, out, lanes)
+    else:   # accumulate in a tile-sized local buffer, then store the tile whole
+        store = sch.cache_write(acc, 0, "local")
+        sch.reverse_compute_at(store, ro, preserve_unit_loops=True)
+        vectorize_epilogue(sch, store, lanes)
+    pack_r = [p for p in sch.get_producers(acc) if _role(sch, p) == "pack_r"]
+    placed: set[str] = set()
+    if int(ann.get("panel_parallel", 0)):
+        outer = sch.fuse(*b, co) if b else co
+        if pack_r:
+            sch.compute_at(pack_r[0], outer, preserve_unit_loops=True)
+            schedule_panel_pack(sch, pack_r[0])
+            placed.add(sch.get(pack_r[0]).name_hint)
+    else:
+        outer = sch.fuse(*b, co, ro)
+    if not int(ann.get("serial", 0)):
+        sch.parallel(outer)
+    unrolled = int(ann.get("unroll_reduction", 0))
+    for k in ks[len(ks) - unrolled:] if unrolled else []:
+        sch.unroll(k)
+    sch.unroll(mi)
+    sch.unroll(nv)
+    sch.vectorize(lane)
+    sch.decompose_reduction(acc, ks[0])
+    return placed
+
+
+def vectorize_epilogue(sch: s_tir.Schedule, out, lanes: int) -> None:
+    """Vectorize the innermost loop of an epilogue placed in a tile (the lowering
+    marked it safe: the output's last axis is the columns, a multiple of the tile)."""
+    inner = sch.get_loops(out)[-1]
+    extent = static(sch.get(inner).extent)
+    if extent is not None and extent % lanes == 0:
+        _, vec = sch.split(inner, [None, lanes])
+        sch.vectorize(vec)
+
+
+def schedule_panel_pack(sch: s_tir.Schedule, pack) -> None:
+    """A column panel packed inside the (batch, panel) loop: vectorize its columns."""
+    loops = sch.get_loops(pack)
+    inner = loops[-1]
+    lanes = _pack_lanes(sch, pack)
+    extent = static(sch.get(inner).extent)
+    if extent and extent % lanes == 0:
+        _, vec = sch.split(inner, [None, lanes])
+        sch.vectorize(vec)
+
+
+def schedule_pack(sch: s_tir.Schedule, pack) -> None:
+    """A pack at the root: parallel over its leading loops, the panel's last axis
+    vectorized for column panels (unrolled for row panels)."""
+    loops = sch.get_loops(pack)
+    role = _role(sch, pack)
+    small = _small(sch, loops)
+    extent = static(sch.get(loops[-1]).extent) or 0
+    if role == "pack_r":
+        lanes = _pack_lanes(sch, pack)
+        if extent % lanes == 0:
+            _, vec = sch.split(loops[-1], [None, lanes])
+            sch.vectorize(vec)
+    elif extent <= 16:
+        sch.unroll(loops[-1])
+    if len(loops) > 2 and not small:
+        sch.parallel(sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0])
+
+
+def _small(sch: s_tir.Schedule, loops) -> bool:
+    n = 1
+    for lp in loops:
+        s = static(sch.get(lp).extent)
+        if s is None:
+            return False
+        n *= s
+    return n < PARALLEL_MIN_WORK // 4
+
+
+def _pack_lanes(sch: s_tir.Schedule, pack) -> int:
+    return machine().lanes(str(sch.get(pack).writes[0].source.dtype))
+
+
+# --- matmul --------------------------------------------------------------------------------------
+@register_lowering("matmul", backend="tvm")
+def lower_matmul(ctx: LowerContext, a: te.Tensor, b: te.Tensor) -> te.Tensor:
+    """np.matmul: batch dims broadcast; a rank-1 `a` is one row, a rank-1 `b` one column."""
+    dtype, acc = ctx.out_dtype(), accumulator_dtype(str(a.dtype))
+    a_shape, b_shape = list(a.shape), list(b.shape)
+    a_vec, b_vec = len(a_shape) == 1, len(b_shape) == 1
+    M = index(1) if a_vec else a_shape[-2]
+    N = index(1) if b_vec else b_shape[-1]
+    K = a_shape[-1]
+    a_batch = [] if a_vec else a_shape[:-2]
+    b_batch = [] if b_vec else b_shape[:-2]
+    out_shape = ctx.out_shape()
+    batch = out_shape[:len(out_shape) - (0 if a_vec else 1) - (0 if b_vec else 1)]
+    lhs = Operand(a_batch, M, (lambda bi, r, k: a[k]) if a_vec else
+                  (lambda bi, r, k: a[(*bi, r, k)]))
+    rhs = Operand(b_batch, N, (lambda bi, c, k: b[k]) if b_vec else
+                  (lambda bi, c, k: b[(*bi, k, c)]))
+    tiling = choose_tiling(M, N, acc)
+    accumulated = panel_gemm("matmul", batch, lhs, rhs, K, acc, tiling, columns_last=not b_vec)
+    nbatch = len(batch)
+
+    def out(*i):
+        bi = list(i[:nbatch])
+        r = index(0) if a_vec else i[nbatch]
+        c = index(0) if b_vec else i[-1]
+        return from_accumulator(accumulated[(*bi, r, c)], dtype)
+    return te.compute(out_shape, out, name="matmul")
+
+
+@register_lowering("linear", backend="tvm")
+def lower_linear(ctx: LowerContext, x: te.Tensor, weight: te.Tensor,
+                 bias: te.Tensor | None = None) -> te.Tensor:
+    """x @ weight.T + bias; weight is [N, K] as stored. x's dims before the last two
+    are batch dims (the weight panel is packed once for all of them)."""
+    dtype, acc = ctx.out_dtype(), accumulator_dtype(str(x.dtype))
+    x_shape = list(x.shape)
+    x_vec = len(x_shape) == 1
+    M = index(1) if x_vec else x_shape[-2]
+    N, K = weight.shape
+    batch = [] if x_vec else x_shape[:-2]
+    lhs = Operand(batch, M, (lambda bi, r, k: x[k]) if x_vec else
+                  (lambda bi, r, k: x[(*bi, r, k)]))
+    rhs = Operand([], N, lambda bi, c, k: weight[c, k])
+    tiling = choose_tiling(M, N, acc)
+    accumulated = panel_gemm("linear", batch, lhs, rhs, K, acc, tiling)
+    nbatch = len(batch)
+
+    def out(*i):
+        bi = list(i[:nbatch])
+        r = index(0) if x_vec else i[nbatch]
+        c = i[-1]
+        v = accumulated[(*bi, r, c)]
+        if bias is not None:
+            v = v + to_accumulator(bias[c], acc)
+        return from_accumulator(v, dtype)
+    return te.compute(ctx.out_shape(), out, name="linear")
+
+
+SCHEDULES["matmul"] = schedule_gemm
+SCHEDULES["linear"] = schedule_gemm
+
+from . import attention, conv  # noqa: E402,F401  (register their lowerings and schedules)
