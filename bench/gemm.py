@@ -1,4 +1,4 @@
-"""Contraction kernel benchmark: kiln's TVM kernels vs PyTorch vs ONNX Runtime, interleaved.
+"""Contraction kernels: kiln's TVM kernels vs PyTorch vs ONNX Runtime, interleaved.
 
     python -m bench.gemm [--cases mm1024,mm2048,bert_linear,resnet_conv,bert_attention]
                          [--rounds 9] [--threads 2] [--prepacked]
@@ -6,9 +6,9 @@
 Each case is one kiln node compiled by the registered lowering and schedule (the code
 path `kiln.compile` takes), called with preallocated TVM arrays. Every round calls the
 engines one after another (kiln, torch, ORT), each for about 50 ms of back-to-back
-calls, after a 0.25 s pause that lets the previous engine's spinning worker threads
-(OpenMP, ORT, TVM) go to sleep, so machine noise hits all alike; the table gives each engine's median GFLOP/s
-over the rounds and the ratios. ORT gets the weight of `linear`/`conv` as an
+calls after a 0.25 s pause (the previous engine's spinning worker threads, OpenMP,
+ORT or TVM, go to sleep), so machine noise hits all alike; the table gives each
+engine's median GFLOP/s over the rounds and the ratios. ORT gets the weight of `linear`/`conv` as an
 initializer (as in a model: MLAS pre-packs it); `matmul` has two runtime inputs.
 
 `--prepacked` adds a row per linear case for a kiln kernel that takes its weight
@@ -87,8 +87,8 @@ def prepacked_linear_engine(case: Case, arrays: list[np.ndarray]) -> Callable[[]
     from tvm import s_tir, te
 
     from kiln.codegen.tvm import cpu_target
-    from kiln.codegen.tvm.gemm import (Operand, choose_tiling, machine, panel_gemm,
-                                       schedule_gemm)
+    from kiln.codegen.tvm.gemm import (PANELS_SHARED, Operand, choose_tiling, machine,
+                                       panel_gemm, schedule_gemm)
     x_np, w_np, bias_np = arrays
     (M, K), N = x_np.shape, w_np.shape[0]
     tiling = choose_tiling(M, N, "float32")
@@ -102,7 +102,7 @@ def prepacked_linear_engine(case: Case, arrays: list[np.ndarray]) -> Callable[[]
     lhs = Operand([], tvm.tirx.IntImm("int64", M), lambda bi, r, k: x[r, k])
     rhs = Operand([], tvm.tirx.IntImm("int64", N), lambda bi, c, k: wp[c // nb, k, c % nb])
     acc = panel_gemm("linear", [], lhs, rhs, tvm.tirx.IntImm("int64", K), "float32", tiling,
-                     panel_parallel=N // nb >= 2 * machine().threads)
+                     panel_parallel=PANELS_SHARED if N // nb >= 2 * machine().threads else 0)
     out = te.compute((M, N), lambda i, j: acc[i, j] + bias[j], name="linear")
     sch = s_tir.Schedule(te.create_prim_func([x, wp, bias, out]))
     schedule_gemm(sch)
@@ -167,7 +167,7 @@ def ort_engine(case: Case, arrays: list[np.ndarray], threads: int) -> Callable[[
     return lambda: session.run(None, feed)
 
 
-# --- measuring -------------------------------------------------------------------------------------
+# --- measuring ---------------------------------------------------------------------------
 def calls_for(fn: Callable[[], None], budget_s: float = 0.05) -> int:
     start = time.perf_counter()
     fn()

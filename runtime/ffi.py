@@ -16,6 +16,7 @@ Nothing here imports torch, tvm or the kiln compiler.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,10 +62,14 @@ def find_tvm_runtime() -> Path | None:
 
 
 def ensure_tvm_runtime() -> Path:
-    """Load TVM's runtime library into the global symbol table once per process."""
+    """Load TVM's runtime library into the global symbol table once per process.
+
+    TVM's thread pool uses half the cores on x86 unless told otherwise; kiln's kernels
+    use every core this process may run on (`TVM_NUM_THREADS` set by the user wins)."""
     global _tvm_runtime
     path = find_tvm_runtime()
     if _tvm_runtime is None:
+        os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
         if path is None:
             raise ArtifactError(f"cannot find {_TVM_RUNTIME_NAME} (tvm/lib/ in the apache-tvm "
                                 "package) on sys.path; TVM CPU kernels need it to run "

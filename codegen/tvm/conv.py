@@ -37,9 +37,9 @@ from tvm import s_tir, te, tirx
 from ...ir.graph import Node
 from ...ir.registry import register_lowering
 from .common import LowerContext, index
-from .gemm import (ROLE, accumulator_dtype, ceil_div, ceil_to, choose_tiling,
-                   from_accumulator, gemm_blocks, machine, schedule_accumulator,
-                   schedule_pack, static, to_accumulator)
+from .gemm import (PANELS_PER_BATCH, ROLE, accumulator_dtype, ceil_div, ceil_to,
+                   choose_tiling, from_accumulator, gemm_blocks, machine,
+                   schedule_accumulator, schedule_pack, static, to_accumulator)
 from .schedule import SCHEDULES
 
 UNROLL_TAPS = 16    # inner tap loops unroll while they make at most this many taps
@@ -125,8 +125,8 @@ def lower_conv(ctx: LowerContext, x: te.Tensor, w: te.Tensor, bias: te.Tensor | 
     panel_parallel = None in tiles or \
         tiles[0] * groups * tiles[1] // nb >= 2 * machine().threads
     attrs = {ROLE: "acc", **tiling.annotations(), "nbatch": 2,
-             "panel_parallel": int(panel_parallel), "epilogue_in_tile": 0,
-             "vector_epilogue": 0, "unroll_reduction": unrolled, "serial": 0}
+             "panel_parallel": PANELS_PER_BATCH if panel_parallel else 0,
+             "epilogue_in_tile": 0, "vector_epilogue": 0, "unroll_reduction": unrolled, "serial": 0}
     accumulated = te.compute([N, index(groups), ceil_to(og, mr), cols_p], body,
                              name="conv_acc", attrs=attrs)
 

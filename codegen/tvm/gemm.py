@@ -22,15 +22,17 @@ The template, for out[b, r, c] = epilogue(sum_k L[b, r, k] * R[b, k, c]):
 
 Schedule (`schedule_gemm`):
 
-    parallel for (b, co)           # Rp[co]: K x NB, packed here while hot in L2
-      for ro:                       # Lp[ro]: K x MR, contiguous
+    parallel for co:               # Rp[co]: K x NB, packed here while hot in L2
+      for b: for ro:                # Lp[b, ro]: K x MR, contiguous
         acc[MR, NB] = 0             # registers
         for k: for mi (unrolled): for ni (4 x 16-lane vectors): acc += Lp * Rp
         out[tile] = epilogue(acc)   # vectorized over the columns
 
-When (b, co) has too few iterations to feed the threads, Rp is packed once at the
-root and the row tiles join the parallel loop. The lowering records the tiling as
-block annotations ("kiln.gemm"), which the schedule reads.
+That is for an Rp shared by all batch indices (a weight); an Rp with batch dims of
+its own is packed per (b, co), the parallel loop; when the panels are too few to feed
+the threads, Rp is packed once at the root and the row tiles join the parallel loop.
+The lowering records the tiling as block annotations ("kiln.gemm"), which the
+schedule reads.
 
 Imports TVM, `kiln.ir` and the sibling `common`/`schedule` modules.
 """
@@ -119,7 +121,9 @@ class Tiling:
 def choose_tiling(rows: tirx.PrimExpr, cols: tirx.PrimExpr, acc_dtype: str) -> Tiling:
     """MR x NB accumulators filling the vector registers but for NB's loads and one
     broadcast: 6 x 4 vectors on AVX-512 (24 of 32 registers), 4 x 3 on AVX2; narrow
-    matrices take fewer vectors and more rows (up to 12), short ones fewer rows."""
+    matrices take fewer vectors and more rows (up to 12), short ones fewer rows.
+    (Narrower tiles chosen to pad less, e.g. 12 x 32 for a 14 x 14 conv output,
+    measured no faster: their extra broadcasts cost what the padding saved.)"""
     m = machine()
     lanes = m.lanes(acc_dtype)
     nvec = 4 if m.registers >= 32 else 3
@@ -181,7 +185,7 @@ class Operand:
 
 def panel_gemm(name: str, batch: list[tirx.PrimExpr], lhs: Operand, rhs: Operand,
                k_extent: tirx.PrimExpr, acc_dtype: str, tiling: Tiling, *,
-               columns_last: bool = True, panel_parallel: bool | None = None) -> te.Tensor:
+               columns_last: bool = True, panel_parallel: int | None = None) -> te.Tensor:
     """The accumulator `Acc[*batch, rows_p, cols_p]` of the template (rows and columns
     padded to whole tiles), with its packs; the caller adds the epilogue that reads
     it for the real rows and columns (`columns_last`: the epilogue's output has the
@@ -217,21 +221,33 @@ def panel_gemm(name: str, batch: list[tirx.PrimExpr], lhs: Operand, rhs: Operand
     return te.compute([*batch, rows_p, cols_p], body, name=f"{name}_acc", attrs=attrs)
 
 
-def _panel_parallel(batch, rhs_batch, cols_p, nb) -> bool:
-    """Parallel over (batch, column panel) with Rp packed per panel, when Rp varies
-    with every batch index but unit ones and there are enough panels for the threads."""
+PANELS_SHARED, PANELS_PER_BATCH = 2, 1   # "panel_parallel" modes (0: tiles in parallel)
+
+
+def _panel_parallel(batch, rhs_batch, cols_p, nb) -> int:
+    """How Rp is packed and the threads split the work:
+
+    - PANELS_SHARED: Rp is the same for every batch index (a weight): parallel over
+      the column panels, each packed once and reused by all batches and row tiles;
+    - PANELS_PER_BATCH: Rp varies with every batch index: parallel over (batch, panel);
+    - 0: too few panels for the threads (or a partly broadcast Rp): Rp is packed at
+      the root and the (batch, panel, row tile) tiles run in parallel."""
+    def count(dims) -> int | None:
+        n = 1
+        for d in dims:
+            if static(d) is None:
+                return None
+            n *= static(d)
+        return n // nb
+    enough = lambda n: n is None or n >= 2 * machine().threads  # noqa: E731
+    if all(static(d) == 1 for d in rhs_batch):
+        return PANELS_SHARED if enough(count([cols_p])) else 0
     lead = len(batch) - len(rhs_batch)
     for i, d in enumerate(batch):
         own = rhs_batch[i - lead] if i >= lead else None
         if static(d) != 1 and (own is None or static(own) == 1):
-            return False    # Rp is shared along this dim: pack it once, at the root
-    n = 1
-    for d in [*batch, cols_p]:
-        s = static(d)
-        if s is None:
-            return True
-        n *= s
-    return n // nb >= 2 * machine().threads
+            return 0
+    return PANELS_PER_BATCH if enough(count([*batch, cols_p])) else 0
 
 
 def _serial(batch, rows, cols, K) -> bool:
@@ -283,7 +299,11 @@ def schedule_accumulator(sch: s_tir.Schedule, acc) -> set[str]:
     b, r, c, ks = loops[:nbatch], loops[nbatch], loops[nbatch + 1], loops[nbatch + 2:]
     ro, mi = sch.split(r, [None, mr])
     co, nv, lane = sch.split(c, [None, nb // lanes, lanes])
-    sch.reorder(*b, co, ro, *ks, mi, nv, lane)
+    mode = int(ann.get("panel_parallel", 0))
+    if mode == PANELS_SHARED:
+        sch.reorder(co, *b, ro, *ks, mi, nv, lane)
+    else:
+        sch.reorder(*b, co, ro, *ks, mi, nv, lane)
     if int(ann.get("epilogue_in_tile", 1)):
         for out in sch.get_consumers(acc):
             sch.reverse_compute_at(out, ro, preserve_unit_loops=True)
@@ -295,8 +315,8 @@ def schedule_accumulator(sch: s_tir.Schedule, acc) -> set[str]:
         vectorize_epilogue(sch, store, lanes)
     pack_r = [p for p in sch.get_producers(acc) if _role(sch, p) == "pack_r"]
     placed: set[str] = set()
-    if int(ann.get("panel_parallel", 0)):
-        outer = sch.fuse(*b, co) if b else co
+    if mode:
+        outer = co if mode == PANELS_SHARED or not b else sch.fuse(*b, co)
         if pack_r:
             sch.compute_at(pack_r[0], outer, preserve_unit_loops=True)
             schedule_panel_pack(sch, pack_r[0])

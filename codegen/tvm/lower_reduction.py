@@ -209,8 +209,10 @@ def _row(idx: Sequence[E], axes: Sequence[int]) -> list[E]:
 
 def _softmax_parts(x: te.Tensor, axis: int):
     """(max over axis, sum of exp(x - max), shifted(idx)) with keepdims statistics."""
+    # TVM's own max (vectorizable; NaN-blind, but a NaN in the row still makes the
+    # row's sum, and so every output, NaN, as the reference)
     m = reduce_over(x.shape, [axis], True, "softmax_max",
-                    lambda src, r: _max(widen(x(*src())), axis=r))
+                    lambda src, r: te.max(widen(x(*src())), axis=r))
 
     def shifted(idx):
         return widen(x(*idx)) - m(*_row(idx, [axis]))

@@ -94,8 +94,7 @@ def schedule_block(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> set[s
     """Schedule one block at the root; returns the names of the blocks it moved under
     its loops."""
     if _is_reduction(sch, block):
-        schedule_reduction(sch, block)
-        return set()
+        return schedule_reduction(sch, block)
     return schedule_injective(sch, block)
 
 
@@ -131,8 +130,12 @@ def schedule_injective(sch: s_tir.Schedule, block) -> set[str]:
     if upstream:
         depth = _row_depth(sch, block, upstream)
         if depth:
+            partials = [rf for rf in (rfactor_inner(sch, b) for b in upstream) if rf is not None]
+            upstream = _upstream(sch, block)   # now with the partial-sum blocks
             for producer in reversed(upstream):  # consumers first
                 sch.compute_at(producer, loops[depth - 1], preserve_unit_loops=False)
+            for rf in partials:
+                vectorize_partials(sch, rf, loops[depth - 1])
             moved = {sch.get(b).name_hint for b in upstream}
     reduce_work = _reduce_work(sch, upstream) if depth else 1
     extents = [sch.get(lp).extent for lp in loops]
@@ -210,32 +213,87 @@ def _reduce_work(sch: s_tir.Schedule, blocks: list) -> int:
 
 
 # --- reductions ------------------------------------------------------------------------
-def schedule_reduction(sch: s_tir.Schedule, block) -> None:
+def schedule_reduction(sch: s_tir.Schedule, block) -> set[str]:
     """Parallel over the kept axes; when the last kept axis is the contiguous axis of
-    the block's main input, the reduction loops move outside it and it is vectorized."""
+    the block's main input, the reduction loops move outside it and it is vectorized,
+    else the innermost reduced axis is (see rfactor_inner). Returns the names of the
+    blocks it added."""
     blk = sch.get(block)
     loops = sch.get_loops(block)
     if _empty(sch, loops):
-        return
+        return set()
     kinds = [iv.iter_type for iv in blk.iter_vars]
     if len(loops) != len(kinds) or kinds != sorted(kinds):  # not spatial-then-reduce
-        return
+        return set()
     ns = kinds.count(DATA_PAR)
     spatial, reduce = loops[:ns], loops[ns:]
     extents = [sch.get(lp).extent for lp in loops]
     reduce_work = math.prod(_static(e) or 1024 for e in extents[ns:])
     if not spatial:
-        return
+        return set()
     outer = list(spatial)
     lanes = _lanes(sch, block, extents[ns - 1:ns]) if reduce else 0
+    inner = None   # Case A: partial sums across the innermost reduced axis, per output
     if lanes and _contiguous_axis(blk, blk.iter_vars[ns - 1].var):
         so, si = sch.split(spatial[-1], [None, lanes])
         sch.reorder(*reduce, si)
         sch.vectorize(si)   # (the init is decomposed last: see decompose_reductions)
         outer = spatial[:-1] + [so]
+    else:
+        inner = True
+    rf = rfactor_inner(sch, block) if inner else None
+    par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if rf is not None:
+        sch.compute_at(rf, par, preserve_unit_loops=False)
+        vectorize_partials(sch, rf, par)
     if _worth_parallel(extents[:ns], reduce_work):
-        par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         sch.parallel(par)
+    return set() if rf is None else {sch.get(rf).name_hint}
+
+
+def rfactor_inner(sch: s_tir.Schedule, block):
+    """Split the innermost reduced loop of a reduction still at the root by the vector
+    width and rfactor the lanes: a partial-sum block (returned) accumulates one lane
+    per vector element, and `block` then adds the lanes up. None (and no change) when
+    that loop is not static and divisible, or TVM does not know the reducer
+    (NaN-propagating max, argmax: those stay serial)."""
+    loops = sch.get_loops(block)
+    if not loops or not _is_reduce_loop(sch, block, loops[-1]):
+        return None
+    extent = _static(sch.get(loops[-1]).extent) or 0
+    lanes = _lanes(sch, block, [sch.get(loops[-1]).extent], reduction=True)
+    if not lanes or extent < 2 * lanes:
+        return None
+    _, lane = sch.split(loops[-1], [None, lanes])
+    try:
+        return sch.rfactor(lane, factor_axis=0)
+    except s_tir.ScheduleError:
+        return None   # the split alone changes nothing: same loops, same order
+
+
+def vectorize_partials(sch: s_tir.Schedule, rf, at) -> None:
+    """After `rf` was computed under loop `at`: its lane loop innermost, vectorized."""
+    rf_loops = sch.get_loops(rf)
+    at_stmt = sch.get(at)
+    depth = next(i for i, lp in enumerate(rf_loops) if sch.get(lp).same_as(at_stmt))
+    own = rf_loops[depth + 1:]
+    lane = [lp for lp in own if not _is_reduce_loop(sch, rf, lp)]
+    if len(lane) != 1:
+        return
+    rest = [lp for lp in own if not sch.get(lp).same_as(sch.get(lane[0]))]
+    if rest:
+        sch.reorder(*rest, lane[0])
+    sch.vectorize(lane[0])
+
+
+def _is_reduce_loop(sch: s_tir.Schedule, block, loop) -> bool:
+    """True when `loop` is bound to a reduction axis of `block`."""
+    loops = sch.get_loops(block)
+    realize = _find_realize(sch.get(loops[-1]).body, sch.get(block).name_hint)
+    var = sch.get(loop).loop_var
+    return any(iv.iter_type == COMM_REDUCE and any(
+        v.same_as(var) for v in tvm.tirx.analysis.undefined_vars(value))
+        for iv, value in zip(realize.block.iter_vars, realize.iter_values))
 
 
 def _contiguous_axis(blk, var) -> bool:
@@ -330,11 +388,13 @@ def _worth_parallel(extents: list, reduce_work: int = 1) -> bool:
     return math.prod(sizes) * max(1, reduce_work) >= PARALLEL_MIN_WORK  # type: ignore[arg-type]
 
 
-def _lanes(sch: s_tir.Schedule, block, extents: list) -> int:
+def _lanes(sch: s_tir.Schedule, block, extents: list, reduction: bool = False) -> int:
     """The vector width for the fused loops of `extents` (0: do not vectorize): the
     largest power of two up to one register that divides their static innermost part."""
     blk = sch.get(block)
     if not isinstance(blk.body, tirx.BufferStore) or _calls(blk.body.value) & _SCALAR_ONLY:
+        return 0
+    if reduction and not all(iv.iter_type in (DATA_PAR, COMM_REDUCE) for iv in blk.iter_vars):
         return 0
     static = 1
     for e in reversed(extents):

@@ -1,10 +1,11 @@
 """The contraction kernels of the TVM CPU backend (codegen/tvm/gemm.py, conv.py,
 attention.py) against the reference interpreter: matmul (2-D, batched with
 broadcasting, rank-1 operands, odd sizes, symbolic rows at several sizes, every
-numeric dtype, integer wrap-around), linear (bias or not, batch dims, symbolic rows, empty reduction),
-conv (strides, asymmetric pads, dilations, groups, depthwise, 1-d, 3-d, symbolic
-batch and image size), scaled dot-product attention (bool and float masks, a fully masked row,
-causal, scale, symbolic sequence) and the vector exp attention uses.
+numeric dtype, integer wrap-around), linear (bias or not, batch dims, symbolic rows,
+empty reduction), conv (strides, asymmetric pads, dilations, groups, depthwise, 1-d,
+3-d, symbolic batch and image size), scaled dot-product attention (bool and float
+masks, a fully masked row, causal, scale, symbolic sequence) and the vector exp
+attention uses.
 
 Each case compiles one node with `lower_node` (so the registered lowering and
 schedule are the ones under test) and runs it on NumPy inputs.
@@ -155,6 +156,15 @@ def test_linear(x, n, bias):
     inputs = [("x", "f32", x), ("w", "f32", (n, x[-1]))] + ([("b", "f32", (n,))] if bias else [])
     kernel = one_node("linear", inputs)
     check(kernel, [random(dt, shape) for _, dt, shape in inputs], reduce=x[-1])
+
+
+def test_linear_symbolic_batch_and_rows():
+    """A weight shared by symbolic batch dims: its panels are packed once per call."""
+    inputs = [("x", "f32", ("batch", "seq", 24)), ("w", "f32", (300, 24)), ("b", "f32", (300,))]
+    kernel = one_node("linear", inputs)
+    for batch, seq in ((1, 1), (3, 7)):
+        check(kernel, [random("f32", (batch, seq, 24)), random("f32", (300, 24)),
+                       random("f32", (300,))], reduce=24)
 
 
 def test_linear_symbolic_rows():
