@@ -28,16 +28,25 @@ class Case:
     input_names: tuple[str, ...]
 
 
-def _hf(model: torch.nn.Module) -> torch.nn.Module:
-    class Outputs(torch.nn.Module):       # plain tensors out, for every engine
+def _hf(model: torch.nn.Module, names: tuple[str, ...]) -> torch.nn.Module:
+    class Outputs(torch.nn.Module):       # positional tensors in, one tensor out, for every engine
         def __init__(self, inner: torch.nn.Module):
             super().__init__()
             self.inner = inner
 
         def forward(self, *args):
-            out = self.inner(*args)
+            out = self.inner(**dict(zip(names, args)))
             return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     return Outputs(model).eval()
+
+
+TEXT = ("input_ids", "attention_mask")
+
+
+def _text(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # an explicit all-ones mask: real serving passes one (and transformers' packed-sequence
+    # detection, taken when it is absent, uses aten::diff, which ONNX export lacks)
+    return torch.randint(0, vocab, (1, 128)), torch.ones(1, 128, dtype=torch.int64)
 
 
 def make_case(name: str) -> Case:
@@ -50,26 +59,23 @@ def make_case(name: str) -> Case:
                     (torch.randn(32, 1024),), ("x",))
     if name == "bert":
         from transformers import BertConfig, BertModel
-        model = _hf(BertModel(BertConfig(), add_pooling_layer=False))
-        ids = torch.randint(0, 30522, (1, 128))
-        return Case("BERT-base s128", model, (ids,), ("input_ids",))
+        model = _hf(BertModel(BertConfig(), add_pooling_layer=False), TEXT)
+        return Case("BERT-base s128", model, _text(30522), TEXT)
     if name == "gpt2":
         from transformers import GPT2Config, GPT2Model
-        model = _hf(GPT2Model(GPT2Config(use_cache=False)))
-        return Case("GPT-2-small s128", model, (torch.randint(0, 50257, (1, 128)),),
-                    ("input_ids",))
+        model = _hf(GPT2Model(GPT2Config(use_cache=False)), TEXT)
+        return Case("GPT-2-small s128", model, _text(50257), TEXT)
     if name == "resnet":
         from transformers import ResNetConfig, ResNetModel
-        model = _hf(ResNetModel(ResNetConfig()))      # the default config is ResNet-50
+        model = _hf(ResNetModel(ResNetConfig()), ("pixel_values",))  # default config: ResNet-50
         return Case("ResNet-50 224", model, (torch.randn(1, 3, 224, 224),), ("pixel_values",))
     if name == "llama":
         from transformers import LlamaConfig, LlamaModel
         config = LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
                              num_attention_heads=8, num_key_value_heads=8, vocab_size=32000,
                              use_cache=False)
-        model = _hf(LlamaModel(config))
-        return Case("Llama 4L h512 s128", model, (torch.randint(0, 32000, (1, 128)),),
-                    ("input_ids",))
+        model = _hf(LlamaModel(config), TEXT)
+        return Case("Llama 4L h512 s128", model, _text(32000), TEXT)
     raise SystemExit(f"unknown model {name!r}")
 
 
