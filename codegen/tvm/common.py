@@ -190,7 +190,36 @@ def widen(e: tirx.Expr) -> tirx.Expr:
 
 
 def narrow(e: tirx.Expr, dtype: str) -> tirx.Expr:
-    return e if dtype_of(e) == dtype else e.astype(dtype)
+    """`e` converted to `dtype`; float32 -> bfloat16 rounds to nearest even by hand (TVM
+    legalizes that cast into arithmetic that copies its operand, a Let included)."""
+    if dtype_of(e) == dtype:
+        return e
+    if dtype == "bfloat16":
+        return let(widen(e).astype("float32"), _to_bfloat16)
+    return e.astype(dtype)
+
+
+def _to_bfloat16(f: tirx.Expr) -> tirx.Expr:
+    """A float32 as bfloat16: round to nearest even on the upper 16 bits; NaN stays a
+    (quiet) NaN of the same sign."""
+    u32 = "uint32"
+    bits = tirx.reinterpret(u32, f)
+    lsb = tirx.bitwise_and(tirx.shift_right(bits, tirx.const(16, u32)), tirx.const(1, u32))
+    rounded = tirx.shift_right(bits + tirx.const(0x7FFF, u32) + lsb, tirx.const(16, u32))
+    nan = tirx.bitwise_or(tirx.shift_right(bits, tirx.const(16, u32)), tirx.const(0x40, u32))
+    out = select(tirx.isnan(f), nan, rounded)
+    return tirx.reinterpret("bfloat16", out.astype("uint16"))
+
+
+def let(value: tirx.Expr, body: Callable[[tirx.Expr], tirx.Expr]) -> tirx.Expr:
+    """body(value) with `value` computed once (tirx.Let). TVM treats expressions as
+    trees: an operand used n times is n copies, and a copied Let defines its variable
+    twice (ill-formed). Simple values (variables, loads, constants) are used directly."""
+    if isinstance(value, (tirx.Var, tirx.IntImm, tirx.FloatImm)) or \
+            type(value).__name__ in ("TensorLoad", "BufferLoad", "TensorSlice"):
+        return body(value)
+    var = tirx.Var("t", dtype_of(value))
+    return tirx.Let(var, value, body(var))
 
 
 def select(cond: tirx.Expr, a: tirx.Expr, b: tirx.Expr) -> tirx.Expr:

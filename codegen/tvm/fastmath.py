@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import tirx
 
-from .common import dtype_of, select
+from .common import dtype_of, let, select
 
 E = tirx.Expr
 
@@ -41,6 +41,10 @@ def exp(x: E) -> E:
     scaled by 2**n in two halves so results down to the subnormals round once."""
     if dtype_of(x) != "float32":
         return tirx.exp(x)
+    return let(x, _exp)
+
+
+def _exp(x: E) -> E:
     xc = select(x > _c(88.8), _c(88.8), select(x < _c(-104.0), _c(-104.0), x))
     fx = tirx.floor(xc * _c(1.44269504088896341) + _c(0.5))
     r = xc - fx * _c(0.693359375) - fx * _c(-2.12194440e-4)
@@ -58,21 +62,38 @@ def expm1(x: E) -> E:
     exp(x) - 1."""
     if dtype_of(x) != "float32":
         raise TypeError("fastmath.expm1 is float32 only")
+    return let(x, _expm1)
+
+
+def _expm1(x: E) -> E:
     taylor = x * _poly(x, [1 / 362880, 1 / 40320, 1 / 5040, 1 / 720, 1 / 120, 1 / 24, 1 / 6,
                            1 / 2, 1.0])
     return select(tirx.abs(x) < _c(0.5), taylor, exp(x) - _c(1.0))
+
+
+def mish_gate(x: E) -> E:
+    """tanh(log1p(e**x)) = n (n + 2) / (n (n + 2) + 2) with n = e**x (no log, no
+    cancellation for x << 0); 1 once e**x overflows float32."""
+    if dtype_of(x) != "float32":
+        return tirx.tanh(tirx.log1p(tirx.exp(x)))
+    gate = let(exp(x), lambda n: let(n * (n + _c(2.0)), lambda m: m / (m + _c(2.0))))
+    return select(x > _c(20.0), _c(1.0), gate)
 
 
 def tanh(x: E) -> E:
     """Cephes tanhf: an odd polynomial below |x| = 0.625, else 1 - 2 / (e**2|x| + 1)."""
     if dtype_of(x) != "float32":
         return tirx.tanh(x)
+    return let(x, _tanh)
+
+
+def _tanh(x: E) -> E:
     ax = tirx.abs(x)
     z = x * x
     small = _poly(z, [-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2,
                       1.33314422036e-1, -3.33332819422e-1]) * z * x + x
-    large = _c(1.0) - _c(2.0) / (exp(ax + ax) + _c(1.0))
-    large = select(x < _c(0.0), -large, large)
+    sign = select(x < _c(0.0), _c(-1.0), _c(1.0))
+    large = sign * (_c(1.0) - _c(2.0) / (exp(ax + ax) + _c(1.0)))   # (exp's Let used once)
     return select(ax < _c(0.625), small, large)   # NaN: the comparison fails -> large: NaN
 
 
@@ -81,6 +102,10 @@ def erf(x: E) -> E:
     erf rounds to +-1 in float32; beyond, +-1."""
     if dtype_of(x) != "float32":
         return tirx.erf(x)
+    return let(x, _erf)
+
+
+def _erf(x: E) -> E:
     x2 = x * x
     p = x * _poly(x2, [0.00022905065861350646, 0.0034082910107109506, 0.050955695062380861,
                        0.18520832239976145, 1.128379143519084])

@@ -21,7 +21,7 @@ from tvm.script.ir_builder import tirx as T
 
 from ...ir.registry import register_lowering
 from . import fastmath
-from .common import (LowerContext, const, dtype_of, elementwise, index, is_float, is_signed,
+from .common import (LowerContext, const, dtype_of, elementwise, index, is_float, is_signed, let,
                      load_broadcast, narrow, nan_max, nan_min, numpy_scalar, select, widen)
 
 E = tirx.Expr
@@ -73,7 +73,8 @@ def _gelu(v: E, approximate: str) -> E:
 
 def _softplus(v: E, beta: float, threshold: float) -> E:
     bx = v * _c(beta, v)
-    soft = tirx.log1p(fastmath.exp(nan_min(bx, _c(threshold, v)))) / _c(beta, v)
+    # (log1p is legalized into an expression that reads its operand twice: bind it)
+    soft = let(fastmath.exp(nan_min(bx, _c(threshold, v))), tirx.log1p) / _c(beta, v)
     return select(bx > _c(threshold, v), v, soft)
 
 
@@ -95,7 +96,7 @@ _FLOAT_UNARY: dict[str, Callable[..., E]] = {
     "leaky_relu": lambda v, negative_slope: select(v >= _c(0, v), v, v * _c(negative_slope, v)),
     "hardsigmoid": lambda v: _clip01(v / _c(6, v) + _c(0.5, v)),
     "hardswish": lambda v: v * _clip01(v / _c(6, v) + _c(0.5, v)),
-    "mish": lambda v: v * fastmath.tanh(tirx.log1p(fastmath.exp(v))),
+    "mish": lambda v: v * fastmath.mish_gate(v),
 }
 
 

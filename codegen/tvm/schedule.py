@@ -30,10 +30,10 @@ thread per core unless TVM_NUM_THREADS says otherwise).
 from __future__ import annotations
 
 import math
+import re
 from typing import Callable, Iterable
 
 import tvm
-import tvm.relax  # noqa: F401  (registers the expression visitor used below)
 from tvm import s_tir, tirx
 
 from ...ir.graph import Node
@@ -49,8 +49,8 @@ PARALLEL_MIN_WORK = 1 << 15  # a static kernel doing less (elements x reduction)
 
 DATA_PAR, COMM_REDUCE = 0, 2   # tirx.IterVar kinds
 # intrinsics LLVM cannot emit for vectors (TVM lowers them to scalar libm calls)
-_SCALAR_ONLY = frozenset({"tirx.sinh", "tirx.cosh", "tirx.fmod", "tirx.call_pure_extern",
-                          "tirx.call_extern", "tirx.if_then_else"})
+_SCALAR_ONLY = frozenset({"sinh", "cosh", "fmod", "call_pure_extern", "call_extern",
+                          "if_then_else"})
 
 
 def schedule(func: tirx.PrimFunc, node: Node, fn: ScheduleFn | None = None) -> tirx.PrimFunc:
@@ -410,11 +410,9 @@ def _lanes(sch: s_tir.Schedule, block, extents: list, reduction: bool = False) -
 
 
 def _calls(expr) -> set[str]:
-    """Names of the intrinsics called in `expr`."""
-    names: set[str] = set()
+    """The `T.<name>(` calls in `expr`'s TVMScript (TVM's Python visitors do not
+    accept every expression kind, e.g. Let)."""
+    return set(_CALL.findall(expr.script()))
 
-    def visit(e) -> None:
-        if isinstance(e, tvm.ir.Call) and hasattr(e.op, "name"):
-            names.add(e.op.name)
-    tvm.relax.analysis.post_order_visit(expr, visit)
-    return names
+
+_CALL = re.compile(r"\bT\.([a-z_0-9]+)\(")
