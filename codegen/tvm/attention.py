@@ -26,7 +26,7 @@ from tvm import s_tir, te, tirx
 
 from ...ir.graph import Node
 from ...ir.registry import register_lowering
-from .common import LowerContext, const, index, narrow, widen
+from .common import LowerContext, compute_dtype, const, dtype_of, index, narrow, widen
 from .gemm import (ROLE, broadcast_index, ceil_to, choose_tiling, machine, static,
                    vectorize_epilogue)
 from .schedule import SCHEDULES
@@ -62,12 +62,17 @@ def lower_sdpa(ctx: LowerContext, q: te.Tensor, k: te.Tensor, v: te.Tensor,
     L, E = q.shape[-2], q.shape[-1]
     S, Ev = k.shape[-2], v.shape[-1]
     bq, bk, bv = list(q.shape[:-2]), list(k.shape[:-2]), list(v.shape[:-2])
-    f32 = "float32"
+    cd = compute_dtype(dtype)     # the compute dtype: float64 stays, halves in float32
+
+    def load(e: tirx.PrimExpr) -> tirx.PrimExpr:
+        e = widen(e)
+        return e if dtype_of(e) == cd else e.astype(cd)
+
     if scale is None:
         if static(E) is None:
             raise ctx.fail("the default scale 1/sqrt(head_dim) needs a static head dim")
         scale = 1 / math.sqrt(static(E))
-    tiling = choose_tiling(L, Ev, f32)
+    tiling = choose_tiling(L, Ev, cd)
     mr, lanes = tiling.mr, tiling.lanes
     nb_s = lanes * 4                           # key columns per QK^T tile
     S_p = ceil_to(S, nb_s)
@@ -75,41 +80,43 @@ def lower_sdpa(ctx: LowerContext, q: te.Tensor, k: te.Tensor, v: te.Tensor,
     Ev_p = ceil_to(Ev, tiling.nb)
     last = lambda i, n: tirx.min(i, n - index(1))  # noqa: E731
 
-    kt = te.compute([*bk, E, S_p], lambda *i: widen(k[(*i[:-2], last(i[-1], S), i[-2])]),
+    kt = te.compute([*bk, E, S_p], lambda *i: load(k[(*i[:-2], last(i[-1], S), i[-2])]),
                     name="sdpa_pack_k", attrs={ROLE: "pack_k"})
     e = te.reduce_axis((index(0), E), name="e")
     nbatch = len(batch)
 
     def qk_body(*i):
         b, l, s = list(i[:nbatch]), i[nbatch], i[nbatch + 1]
-        return te.sum(widen(q[(*broadcast_index(bq, b), last(l, L), e)]) *
+        return te.sum(load(q[(*broadcast_index(bq, b), last(l, L), e)]) *
                       kt[(*broadcast_index(bk, b), e, s)], axis=e)
     qk = te.compute([*batch, L_p, S_p], qk_body, name="sdpa_qk",
                     attrs={ROLE: "qk", "mr": mr, "nb": nb_s, "lanes": lanes})
 
     def logit(b, l, s):
-        x = qk[(*b, l, s)] * const(scale, f32)
+        x = qk[(*b, l, s)] * const(scale, cd)
         if mask is not None:
             mi = broadcast_index(list(mask.shape), [*b, last(l, L), last(s, S)])
             if str(mask.dtype) == "bool":
-                x = tirx.Select(mask[tuple(mi)], x, tirx.const(NEG_INF, f32))
+                x = tirx.Select(mask[tuple(mi)], x, tirx.const(NEG_INF, cd))
             else:
-                x = x + widen(mask[tuple(mi)])
+                x = x + load(mask[tuple(mi)])
         if is_causal:
-            x = tirx.Select(s <= l, x, tirx.const(NEG_INF, f32))
+            x = tirx.Select(s <= l, x, tirx.const(NEG_INF, cd))
         if static(S) is None or static(S) != static(S_p):
-            x = tirx.Select(s < S, x, tirx.const(NEG_INF, f32))
+            x = tirx.Select(s < S, x, tirx.const(NEG_INF, cd))
         return x
 
+    # the vector exp is float32's; float64 keeps full precision with TVM's exp
+    exp_ = exp_nonpositive if cd == "float32" else tirx.exp
     rs = te.reduce_axis((index(0), S_p), name="s")
     mx = te.compute([*batch, L_p], lambda *i: te.max(logit(list(i[:-1]), i[-1], rs), axis=rs),
                     name="sdpa_max", attrs={ROLE: "row"})
 
     def shifted(b, l, s):
         m = mx[(*b, l)]
-        return logit(b, l, s) - tirx.Select(tirx.isfinite(m), m, tirx.const(0.0, f32))
+        return logit(b, l, s) - tirx.Select(tirx.isfinite(m), m, tirx.const(0.0, cd))
     p = te.compute([*batch, L_p, S_p],
-                   lambda *i: exp_nonpositive(shifted(list(i[:-2]), i[-2], i[-1])),
+                   lambda *i: exp_(shifted(list(i[:-2]), i[-2], i[-1])),
                    name="sdpa_exp", attrs={ROLE: "exp"})
     rd = te.reduce_axis((index(0), S_p), name="s")
     den = te.compute([*batch, L_p], lambda *i: te.sum(p[(*i, rd)], axis=rd), name="sdpa_sum",
@@ -119,16 +126,16 @@ def lower_sdpa(ctx: LowerContext, q: te.Tensor, k: te.Tensor, v: te.Tensor,
     def o_body(*i):
         b, l, j = list(i[:nbatch]), i[nbatch], i[nbatch + 1]
         jj = j if static(Ev) == static(Ev_p) else last(j, Ev)
-        return te.sum(p[(*b, l, ro)] * widen(v[(*broadcast_index(bv, b), ro, jj)]), axis=ro)
+        return te.sum(p[(*b, l, ro)] * load(v[(*broadcast_index(bv, b), ro, jj)]), axis=ro)
     o = te.compute([*batch, L_p, Ev_p], o_body, name="sdpa_pv",
                    attrs={ROLE: "pv", "mr": mr, "nb": tiling.nb, "lanes": lanes})
 
     def out(*i):
         d = den[(*i[:-1],)]
-        return narrow(o[i] / tirx.Select(d == tirx.const(0.0, f32), tirx.const(1.0, f32), d),
+        return narrow(o[i] / tirx.Select(d == tirx.const(0.0, cd), tirx.const(1.0, cd), d),
                       dtype)
     return te.compute(out_shape, out, name="scaled_dot_product_attention",
-                      attrs={ROLE: "out", "nbatch": nbatch, "mr": mr,
+                      attrs={ROLE: "out", "nbatch": nbatch, "mr": mr, "lanes": lanes,
                              "vector": int(static(Ev) is not None and static(Ev) % lanes == 0)})
 
 
@@ -150,7 +157,7 @@ def schedule_sdpa(sch: s_tir.Schedule, node: Node | None = None) -> None:
     lo, _ = sch.split(l, [None, mr])
     tile = sch.fuse(*b, lo) if b else lo
     sch.parallel(tile)
-    lanes = machine().lanes("float32")
+    lanes = int(ann["lanes"])
     if int(ann["vector"]):
         sch.vectorize(sch.split(j, [None, lanes])[-1])
     for producer in (pv, row_sum, partial_sum, p, row_max, partial_max, qk):

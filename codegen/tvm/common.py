@@ -5,9 +5,10 @@ semantics where TIR's differ:
 - `nan_max` / `nan_min`: NaN-propagating (TIR's Max/Min lower to a compare-select
   that drops a NaN in one operand);
 - `widen` / `narrow`: half types (f16, bf16) are computed in float32 and rounded
-  back once, as the references do;
+  back once, as the references do (bfloat16 by hand: see their docstrings);
 - `const`: a Python float rounded to a dtype exactly as NumPy rounds it;
-- `load_broadcast`: NumPy broadcasting of an input against the output index.
+- `load_broadcast`: NumPy broadcasting of an input against the output index;
+- `let`: a value computed once (TVM expressions are trees: a reused operand is copied).
 
 Imports only TVM and `kiln.ir`; the op lowerings (`lower_*.py`) import this.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import ml_dtypes
 import numpy as np
 import sympy
 from tvm import te, tirx
@@ -157,11 +159,10 @@ def _to_prim(e: sympy.Expr, var: Callable[[str], tirx.Var]) -> tirx.Expr:
 def numpy_scalar(value: Any, dtype: str) -> Any:
     """`value` converted to `dtype` as NumPy converts it (floats round to nearest even,
     float -> int truncates, nonzero -> True), as a Python scalar."""
-    np_dtype = {"bfloat16": "bfloat16"}.get(dtype, dtype)
-    if np_dtype == "bfloat16":
-        import ml_dtypes
-        return float(np.asarray(value, np.float64).astype(ml_dtypes.bfloat16))
-    return np.asarray(value).astype(np_dtype).item()
+    with np.errstate(over="ignore"):   # 70000 as float16 is inf, as NumPy says
+        if dtype == "bfloat16":
+            return float(np.asarray(value, np.float64).astype(ml_dtypes.bfloat16))
+        return np.asarray(value).astype(dtype).item()
 
 
 def const(value: Any, dtype: str) -> tirx.Expr:

@@ -47,7 +47,7 @@ from tvm import s_tir, te, tirx
 
 from ...ir.graph import Node
 from ...ir.registry import register_lowering
-from .common import HALF, LowerContext, index, is_float, narrow
+from .common import HALF, LowerContext, index, is_float, narrow, widen
 from .schedule import SCHEDULES
 from .target import cpu_target
 
@@ -96,6 +96,8 @@ def to_accumulator(e: tirx.PrimExpr, acc: str) -> tirx.PrimExpr:
     before their bits are reinterpreted as unsigned (the sum then wraps, no UB)."""
     if str(e.dtype) == acc:
         return e
+    if str(e.dtype) in HALF:   # by hand: TVM's bfloat16 -> float32 cast is unreliable
+        return widen(e).astype(acc) if acc != "float32" else widen(e)
     if acc.startswith("uint") and str(e.dtype).startswith("int"):
         e = e.astype(acc.replace("uint", "int"))
     return e.astype(acc)

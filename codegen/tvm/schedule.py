@@ -10,16 +10,22 @@ op-specific schedules replace the generic ones.
               (casts, padding, broadcasting, x - max, ...);
            2. each output block:
               - injective: fuse all loops; split off an inner vector of
-                VECTOR_BYTES (16 x f32 on AVX-512) when the static innermost extents
+                one vector register (16 x f32 on AVX-512) when the static innermost extents
                 allow it; parallel outer part, vectorized inner part;
               - fed by reductions over trailing axes (softmax, layer_norm, mean):
                 compute those reductions per row under the output's outer loops
                 (one pass per row, cache-resident), parallel over the rows,
                 vectorize the row's elementwise part;
-              - itself a reduction: parallel over the kept axes; when a kept axis
-                is contiguous in the input (sum over axis 0), reorder the reduction
-                outside it and vectorize across it;
-           3. reductions left at the root: scheduled as in 2.
+              - itself a reduction: parallel over the kept axes; when the last kept
+                axis is contiguous in the inputs (sum over axis 0), reorder the
+                reduction outside it and vectorize across it, else vectorize the
+                innermost reduced axis with per-lane partial sums (rfactor);
+           3. blocks left at the root (statistics no output computes per row,
+              attention's probabilities): scheduled as in 2;
+           4. every reduction's init hoisted out of its reduction loops.
+
+The row reductions of 2 are vectorized by partial sums too (sum, mean, the
+statistics of softmax and the norms).
 
 A schedule function takes the `tvm.s_tir.Schedule` of a one-function module
 ("main") and the node, and edits the schedule in place. Loops of unknown (symbolic)
@@ -38,13 +44,13 @@ from tvm import s_tir, tirx
 
 from ...ir.graph import Node
 from .common import dtype_of
+from .target import cpu_target
 
 ScheduleFn = Callable[[s_tir.Schedule, Node], None]
 
 SCHEDULES: dict[str, ScheduleFn] = {}   # op -> schedule; the GEMM helper fills it
 BASIC: dict[str, ScheduleFn] = {}       # op -> plain schedule of a contraction (this module)
 
-VECTOR_BYTES = 64          # one AVX-512 register
 PARALLEL_MIN_WORK = 1 << 15  # a static kernel doing less (elements x reduction) stays serial
 
 DATA_PAR, COMM_REDUCE = 0, 2   # tirx.IterVar kinds
@@ -231,17 +237,17 @@ def schedule_reduction(sch: s_tir.Schedule, block) -> set[str]:
     reduce_work = math.prod(_static(e) or 1024 for e in extents[ns:])
     if not spatial:
         return set()
-    outer = list(spatial)
+    outer, rf = list(spatial), None
     lanes = _lanes(sch, block, extents[ns - 1:ns]) if reduce else 0
-    inner = None   # Case A: partial sums across the innermost reduced axis, per output
     if lanes and _contiguous_axis(blk, blk.iter_vars[ns - 1].var):
+        # across the kept axis: for k: out[i:i+lanes] += x[k, i:i+lanes]
         so, si = sch.split(spatial[-1], [None, lanes])
         sch.reorder(*reduce, si)
         sch.vectorize(si)   # (the init is decomposed last: see decompose_reductions)
         outer = spatial[:-1] + [so]
     else:
-        inner = True
-    rf = rfactor_inner(sch, block) if inner else None
+        # along the reduced axis: lane partial sums, then one add across the lanes
+        rf = rfactor_inner(sch, block)
     par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     if rf is not None:
         sch.compute_at(rf, par, preserve_unit_loops=False)
@@ -261,14 +267,17 @@ def rfactor_inner(sch: s_tir.Schedule, block):
     if not loops or not _is_reduce_loop(sch, block, loops[-1]):
         return None
     extent = _static(sch.get(loops[-1]).extent) or 0
-    lanes = _lanes(sch, block, [sch.get(loops[-1]).extent], reduction=True)
+    lanes = _lanes(sch, block, [sch.get(loops[-1]).extent])
     if not lanes or extent < 2 * lanes:
         return None
     _, lane = sch.split(loops[-1], [None, lanes])
     try:
         return sch.rfactor(lane, factor_axis=0)
-    except s_tir.ScheduleError:
-        return None   # the split alone changes nothing: same loops, same order
+    except (s_tir.ScheduleError, tvm.error.InternalError):
+        # an unknown reducer, or TVM's rfactor failing its own check (seen on a
+        # non-output reduction whose kept axes all have extent 1); both raise before
+        # the schedule changes. The split alone changes nothing: same loops, same order.
+        return None
 
 
 def vectorize_partials(sch: s_tir.Schedule, rf, at) -> None:
@@ -388,13 +397,23 @@ def _worth_parallel(extents: list, reduce_work: int = 1) -> bool:
     return math.prod(sizes) * max(1, reduce_work) >= PARALLEL_MIN_WORK  # type: ignore[arg-type]
 
 
-def _lanes(sch: s_tir.Schedule, block, extents: list, reduction: bool = False) -> int:
+def vector_bytes() -> int:
+    """The width of one vector register of the target CPU (64 with AVX-512)."""
+    global _VECTOR_BYTES
+    if _VECTOR_BYTES is None:
+        bits = int(tvm.target.codegen.llvm_get_vector_width(cpu_target()))
+        _VECTOR_BYTES = max(16, bits // 8)
+    return _VECTOR_BYTES
+
+
+_VECTOR_BYTES: int | None = None
+
+
+def _lanes(sch: s_tir.Schedule, block, extents: list) -> int:
     """The vector width for the fused loops of `extents` (0: do not vectorize): the
     largest power of two up to one register that divides their static innermost part."""
     blk = sch.get(block)
     if not isinstance(blk.body, tirx.BufferStore) or _calls(blk.body.value) & _SCALAR_ONLY:
-        return 0
-    if reduction and not all(iv.iter_type in (DATA_PAR, COMM_REDUCE) for iv in blk.iter_vars):
         return 0
     static = 1
     for e in reversed(extents):
@@ -402,7 +421,8 @@ def _lanes(sch: s_tir.Schedule, block, extents: list, reduction: bool = False) -
             break
         static *= _static(e)
     dtype = dtype_of(blk.body.value)
-    width = VECTOR_BYTES // (4 if dtype in ("float16", "bfloat16") else max(1, tvm.DataType(dtype).bits // 8))
+    size = 4 if dtype in ("float16", "bfloat16") else max(1, tvm.DataType(dtype).bits // 8)
+    width = vector_bytes() // size   # half types compute in float32
     lanes = 1
     while lanes * 2 <= width and static % (lanes * 2) == 0:
         lanes *= 2

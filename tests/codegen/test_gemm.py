@@ -295,3 +295,77 @@ def test_exp_nonpositive_matches_numpy():
     body = slice(0, 20001)
     np.testing.assert_allclose(got[body], want[body], rtol=2.5e-7)
     assert got[-3] == 0.0 and got[-2] == 0.0 and np.isnan(got[-1])
+
+
+# --- regressions: half-precision contractions, float64 attention -------------------------------
+# Tolerances (assert_close): f16 one f16 ulp (2^-10) relative, bf16 one bf16 ulp (2^-7),
+# both with atol ulp * sqrt(reduction); f64 below: rtol 1e-12, atol 1e-12 * sqrt(reduction).
+def assert_close_f64(got: np.ndarray, want: np.ndarray, reduce: int = 1) -> None:
+    assert got.dtype == want.dtype == np.float64 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * math.sqrt(reduce))
+
+
+@pytest.mark.parametrize("dt", ["f16", "bf16"])
+@pytest.mark.parametrize("x, n, bias", [
+    ((2, 1, 5, 24), 6, True),          # the failing case: bias widened by a bad cast
+    ((2, 1, 5, 24), 6, False),
+    ((7, 40), 70, True),               # ragged tiles, two column panels
+    ((24,), 9, True),                  # rank-1 x
+])
+def test_linear_half_regression(dt, x, n, bias):
+    """Half inputs widen to float32 exactly (packs and bias), round once at the end."""
+    inputs = [("x", dt, x), ("w", dt, (n, x[-1]))] + ([("b", dt, (n,))] if bias else [])
+    kernel = one_node("linear", inputs)
+    check(kernel, [random(d, shape) for _, d, shape in inputs], reduce=x[-1])
+
+
+@pytest.mark.parametrize("dt", ["f16", "bf16"])
+@pytest.mark.parametrize("a, b", [((3, 5, 24), (24, 7)), ((2, 6, 16), (2, 16, 20)),
+                                  ((8,), (8, 3)), ((33, 65), (65, 17))])
+def test_matmul_half_regression(dt, a, b):
+    kernel = one_node("matmul", [("a", dt, a), ("b", dt, b)])
+    check(kernel, [random(dt, a), random(dt, b)], reduce=a[-1])
+
+
+@pytest.mark.parametrize("dt", ["f16", "bf16"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_half_regression(dt, bias):
+    """The failing case: strides (2, 1), asymmetric pads, dilation, 3 groups."""
+    attrs = dict(strides=[2, 1], pads=[1, 0, 1, 2], dilations=[1, 2], groups=3)
+    inputs = [("x", dt, (2, 6, 7, 9)), ("w", dt, (6, 2, 3, 3))] + \
+        ([("b", dt, (6,))] if bias else [])
+    kernel = one_node("conv", inputs, **attrs)
+    check(kernel, [random(d, shape) for _, d, shape in inputs], reduce=18)
+
+
+@pytest.mark.parametrize("q, k, mask", [
+    ((2, 3, 7, 16), (2, 3, 7, 16), None),
+    ((1, 2, 5, 16), (1, 2, 9, 16), None),                      # L < S
+    ((1, 2, 70, 64), (1, 2, 70, 64), None),                    # several tiles
+    ((2, 5, 16), (2, 20, 16), ("f64", (5, 20))),               # float mask
+    ((2, 5, 16), (2, 20, 16), ("bool", (5, 20))),              # a fully masked row
+])
+def test_attention_f64_causal(q, k, mask):
+    """float64 computes in float64 (it used to fail to lower: f32 -inf in a f64 Select)."""
+    inputs = [("q", "f64", q), ("k", "f64", k), ("v", "f64", k)]
+    arrays = [random("f64", s) for s in (q, k, k)]
+    if mask is not None:
+        dt, shape = mask
+        inputs.append(("mask", dt, shape))
+        if dt == "bool":
+            m = RNG.random(shape) > 0.3
+            m[..., 0, :] = False
+            arrays.append(m)
+        else:
+            arrays.append(random("f64", shape))
+    kernel = one_node("scaled_dot_product_attention", inputs, is_causal=mask is None,
+                      scale=None)     # a mask excludes is_causal: those cases test f64 masks
+    got, want = kernel(*arrays)
+    assert_close_f64(got, want, reduce=k[-2])
+
+
+@pytest.mark.parametrize("dt", ["f16", "bf16"])
+def test_attention_half_causal(dt):
+    inputs = [(n, dt, (1, 2, 9, 16)) for n in "qkv"]
+    kernel = one_node("scaled_dot_product_attention", inputs, is_causal=True, scale=0.5)
+    check(kernel, [random(dt, (1, 2, 9, 16)) for _ in range(3)], reduce=9)

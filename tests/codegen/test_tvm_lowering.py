@@ -3,9 +3,9 @@ fastmath.py) against the reference interpreter, the ground truth.
 
 - `test_op_matches_interpreter[op]`: every op but `constant`, on the cases in CASES
   (representative shapes, attributes and dtypes; NaN, +-inf and -0 for float math;
-  integer wrap-around and INT_MIN / -1; broadcasting; empty axes). All cases are
+  integer wrap-around and INT_MIN / -1; broadcasting; empty axes). An op's cases are
   lowered with `lower_node` (the registered lowering and the chosen schedule) into
-  one IRModule and compiled once per test module.
+  one IRModule, compiled once.
 - symbolic dims: one kernel per case compiled with symbols and run at two sizes,
   including an expression dim ("b*s") no buffer binds by itself and a symbol only an
   attribute holds (a scalar parameter).
@@ -97,7 +97,7 @@ def case(op: str, *inputs: np.ndarray, reduce_size: int = 1, **attrs: Any) -> No
     CASES.append(Case(op, list(inputs), attrs, reduce_size))
 
 
-# --- elementwise ---------------------------------------------------------------------------
+# --- elementwise ----------------------------------------------------------------------------
 _FLOAT_UNARY_ATTRS: dict[str, list[dict]] = {
     "gelu": [{}, {"approximate": "tanh"}], "softplus": [{}, {"beta": 2.0, "threshold": 3.0}],
     "elu": [{"alpha": 0.7}], "leaky_relu": [{"negative_slope": 0.2}]}
@@ -183,7 +183,7 @@ for _op in ("bitwise_and", "bitwise_or", "bitwise_xor"):
 for _dt in ("f32", "bf16", "i64", "bool"):
     case("where", arr("bool", (3, 1)), arr(_dt, (3, 16)), arr(_dt, (16,)))
 
-# --- creation --------------------------------------------------------------------------------
+# --- creation -------------------------------------------------------------------------------
 for _dt, _v in (("f32", 0.1), ("bf16", 1 / 3), ("f16", 70000.0), ("i8", -3.7), ("u8", 200.0),
                 ("bool", 0.5), ("i64", 2.0 ** 40)):
     case("full", shape=(3, 5), value=_v, dtype=_dt)
@@ -223,7 +223,7 @@ case("pad", arr("f32", (0, 3)), pads=(1, 1, 1, 1), value=2.0)
 case("pad", arr("f32", (3, 1)), pads=(0, 0, 0, 0), mode="reflect")
 case("pad", arr("i8", (3, 5)), pads=(1, 1, 2, 1), value=-7.0)
 
-# --- reductions -------------------------------------------------------------------------------
+# --- reductions -----------------------------------------------------------------------------
 for _dt in ("f32", "f16", "bf16", "f64", "i8", "u8", "i64"):
     x = arr(_dt, (3, 4, 80), low=-5, high=5) if _dt in FLOATS else full_range(_dt, (3, 4, 80))
     for _axes, _keep in (((), False), ((2,), True), ((0, 2), False), ((0,), True)):
@@ -267,7 +267,7 @@ for _dt in ("f32", "f16", "bf16", "f64"):
     case("group_norm", x4, num_groups=2, reduce_size=72)
 case("softmax", arr("f32", (4, 32), special=True), axis=-1)   # NaN / inf rows
 
-# --- windows and contractions -------------------------------------------------------------------
+# --- windows and contractions ---------------------------------------------------------------
 _POOLS = (dict(kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), ceil_mode=False),
           dict(kernel=(2, 3), strides=(2, 1), pads=(0, 1, 1, 0), ceil_mode=True),
           dict(kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), ceil_mode=True))
@@ -307,7 +307,7 @@ for _dt in ("i8", "u8", "i32", "i64"):
     case("matmul", full_range(_dt, (3, 5, 16)), full_range(_dt, (16, 4)))
 
 
-# --- running -------------------------------------------------------------------------------------
+# --- running --------------------------------------------------------------------------------
 def _tensor(a: np.ndarray) -> tvm.runtime.Tensor:
     return tvm.runtime.tensor(np.array(a, copy=True, order="C"))
 
@@ -321,15 +321,25 @@ def run_kernel(lib, name: str, arrays: list[np.ndarray], like: list[np.ndarray],
 
 
 @pytest.fixture(scope="module")
-def library():
-    """Every case lowered into one module and compiled once: (library, lowering errors)."""
-    funcs, errors = {}, {}
-    for i, c in enumerate(CASES):
-        try:
-            funcs[f"case{i}"] = lower_node(c.graph().nodes[-1], f"case{i}")
-        except Exception as e:  # noqa: BLE001  reported by the case's own test
-            errors[i] = e
-    return tvm.compile(tvm.IRModule(funcs), target=cpu_target()), errors
+def compiled():
+    """op -> (library of its cases, lowering errors by case index), built on first use:
+    each op's cases are one IRModule, compiled once (and by one pytest worker)."""
+    cache: dict[str, tuple[Any, dict[int, Exception]]] = {}
+
+    def get(op: str):
+        if op not in cache:
+            funcs, errors = {}, {}
+            for i, c in enumerate(CASES):
+                if c.op != op:
+                    continue
+                try:
+                    funcs[f"case{i}"] = lower_node(c.graph().nodes[-1], f"case{i}")
+                except Exception as e:  # noqa: BLE001  reported by the case itself
+                    errors[i] = e
+            lib = tvm.compile(tvm.IRModule(funcs), target=cpu_target()) if funcs else None
+            cache[op] = (lib, errors)
+        return cache[op]
+    return get
 
 
 OPS = sorted(set(all_ops()) - {"constant"})
@@ -337,8 +347,8 @@ OPS = sorted(set(all_ops()) - {"constant"})
 
 @pytest.mark.slow
 @pytest.mark.parametrize("op", OPS)
-def test_op_matches_interpreter(library, op):
-    lib, errors = library
+def test_op_matches_interpreter(compiled, op):
+    lib, errors = compiled(op)
     mine = [(i, c) for i, c in enumerate(CASES) if c.op == op]
     assert mine, f"no test case lowers op '{op}': add one to CASES"
     failures = []
@@ -356,7 +366,7 @@ def test_op_matches_interpreter(library, op):
     assert not failures, "\n\n".join(failures)
 
 
-# --- symbolic dims ---------------------------------------------------------------------------------
+# --- symbolic dims --------------------------------------------------------------------------
 def _sym(op: str, types: list[TensorType], runs: list[list[np.ndarray]], **attrs):
     return (op, types, attrs, runs)
 
@@ -364,7 +374,8 @@ def _sym(op: str, types: list[TensorType], runs: list[list[np.ndarray]], **attrs
 SYMBOLIC = [
     _sym("add", [tensor("f32", "n", 40), tensor("f32", 40)],
          [[arr("f32", (3, 40)), arr("f32", (40,))], [arr("f32", (17, 40)), arr("f32", (40,))]]),
-    _sym("gelu", [tensor("f16", "b", "s", 64)], [[arr("f16", (2, 3, 64))], [arr("f16", (1, 5, 64))]]),
+    _sym("gelu", [tensor("f16", "b", "s", 64)],
+         [[arr("f16", (2, 3, 64))], [arr("f16", (1, 5, 64))]]),
     _sym("softmax", [tensor("f32", "b", 128)], [[arr("f32", (3, 128))], [arr("f32", (1, 128))]],
          axis=-1),
     _sym("softmax", [tensor("f32", 4, "s")], [[arr("f32", (4, 5))], [arr("f32", (4, 33))]],
@@ -374,8 +385,8 @@ SYMBOLIC = [
           [arr("f32", (1, 1, 64)), arr("f32", (64,)), arr("f32", (64,))]], axis=-1),
     _sym("sum", [tensor("f32", 4, "n")], [[arr("f32", (4, 3))], [arr("f32", (4, 100))]],
          axes=(1,), keepdims=True),
-    _sym("reshape", [tensor("f32", "b", "s", 8)], [[arr("f32", (2, 3, 8))], [arr("f32", (4, 1, 8))]],
-         shape=("b*s", 8)),
+    _sym("reshape", [tensor("f32", "b", "s", 8)],
+         [[arr("f32", (2, 3, 8))], [arr("f32", (4, 1, 8))]], shape=("b*s", 8)),
     _sym("concat", [tensor("f32", "n", 3), tensor("f32", "m", 3)],
          [[arr("f32", (2, 3)), arr("f32", (5, 3))], [arr("f32", (7, 3)), arr("f32", (1, 3))]],
          axis=0),
@@ -435,7 +446,7 @@ def test_expression_dims_and_attribute_symbols():
         np.testing.assert_array_equal(got_a[0], want_a)
 
 
-# --- basic contraction lowerings ------------------------------------------------------------------------
+# --- basic contraction lowerings ------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("op", sorted(lower_linalg.BASIC_LOWERINGS))
 def test_basic_contraction_lowerings(op):
@@ -453,7 +464,7 @@ def test_basic_contraction_lowerings(op):
                      reduce_size=c.reduce_size, what=c.name)
 
 
-# --- errors, registry, schedules -------------------------------------------------------------------
+# --- errors, registry, schedules ------------------------------------------------------------
 def _graph_with_erf():
     b = GraphBuilder("g")
     x = b.input("x", tensor("f32", 4))
@@ -506,6 +517,10 @@ def test_default_schedules_parallelize_and_vectorize():
     assert "T.vectorized(T.int64(16))" in col     # across the kept contiguous axis
 
 
+def _elementwise(fn, a):
+    return lambda i: fn(a[i])
+
+
 def test_fastmath_accuracy_on_a_dense_float32_sweep():
     """exp, expm1, tanh within 2 ulp and erf within 6 ulp of float64 references, with
     NaN, +-inf and overflow as libm, and subnormal results within 2**-140."""
@@ -516,8 +531,7 @@ def test_fastmath_accuracy_on_a_dense_float32_sweep():
     funcs = {}
     for name in ("exp", "expm1", "tanh", "erf"):
         a = te.placeholder((len(x),), "float32", name="a")
-        fn = getattr(fastmath, name)
-        out = te.compute((len(x),), lambda i, fn=fn: fn(a[i]), name=name)
+        out = te.compute((len(x),), _elementwise(getattr(fastmath, name), a), name=name)
         funcs[name] = te.create_prim_func([a, out]).with_attr("global_symbol", name)
     lib = tvm.compile(tvm.IRModule(funcs), target=cpu_target())
     refs = {"exp": np.exp, "expm1": np.expm1, "tanh": np.tanh, "erf": scipy.special.erf}
