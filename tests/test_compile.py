@@ -156,3 +156,13 @@ def test_op_without_lowering_lists_every_such_op(monkeypatch):
     with pytest.raises(UnsupportedOpsError) as info:
         kiln.compile(graph)
     assert set(info.value.ops) == {"exp", "relu"} and len(info.value.ops["relu"]) == 2
+
+
+def test_kernel_needing_an_attribute_only_symbol_is_a_clear_error():
+    from kiln.errors import CodegenError
+    b = GraphBuilder("g")
+    x = b.input("x", tensor("i64", "n"))
+    positions = b.arange(start="n", end="n + 4")     # [4]: n lives only in the attributes
+    graph = b.build(x, positions)
+    with pytest.raises(CodegenError, match="symbol.*'n'|\\['n'\\]"):
+        kiln.compile(graph)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import tvm
 
-from ...errors import UnsupportedOpsError
+from ...errors import CodegenError, UnsupportedOpsError
 from ...ir import Graph, Node
 from ...ir.printer import format_attrs
-from .lower import lower_node, missing_lowerings
+from .lower import lower_node, missing_lowerings, symbol_args
 from .target import cpu_target
 
 
@@ -68,6 +68,12 @@ def build_graph(graph: Graph, out_dir: str | Path, target: tvm.target.Target | N
             digest = hashlib.sha1(key.encode()).hexdigest()[:8]
             names[key] = f"k{len(names)}_{node.op}_{digest}"
             funcs[names[key]] = lower_node(node, names[key])
+            scalars = symbol_args(funcs[names[key]])
+            if scalars:   # the plan passes buffers only; say so rather than mis-run
+                raise CodegenError(
+                    f"{node.format()}: its kernel needs symbol(s) {scalars} that no input or "
+                    "output shape carries, and kiln's runtime passes buffers only"
+                    + (f" (from {node.source})" if node.source else ""))
         source = node.format() + (f"  # from {node.source}" if node.source else "")
         calls.append(KernelCall(names[key], tuple(v.name for v in node.inputs),
                                 tuple(v.name for v in node.outputs), source))

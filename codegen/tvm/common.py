@@ -14,6 +14,7 @@ Imports only TVM and `kiln.ir`; the op lowerings (`lower_*.py`) import this.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import ml_dtypes
@@ -82,6 +83,7 @@ class LowerContext:
         self.in_types: tuple[TensorType, ...] = tuple(v.type for v in node.inputs)
         self.out_types: tuple[TensorType, ...] = tuple(v.type for v in node.outputs)
         self.vars: dict[str, tirx.Var] = {}
+        self.checks: list[Check] = []
         dims = {d for t in self.in_types + self.out_types for d in t.shape if isinstance(d, str)}
         self._bound = {d for d in dims if symbolic.SYMBOL_NAME.match(d)}
         self._opaque = {d for d in dims if not symbolic.symbols(d) <= self._bound}
@@ -107,10 +109,27 @@ class LowerContext:
     def out_dtype(self, i: int = 0) -> str:
         return tvm_dtype(self.out_types[i].dtype)
 
+    def require(self, tensor: te.Tensor, holds: Callable[[tirx.Expr], tirx.Expr], kind: str,
+                message: str) -> None:
+        """Make the kernel check every element x of input `tensor` for holds(x) before it
+        computes anything, and fail with `kind` ("ValueError", "IndexError") and
+        `message` otherwise: the inputs the reference refuses (a zero integer divisor,
+        an index out of range) raise instead of giving a made-up answer."""
+        self.checks.append(Check(tensor, holds, kind, f"{self.node.op}: {message}"))
+
     def fail(self, message: str) -> CodegenError:
         """An error naming this node: `raise ctx.fail("...")`."""
         source = f" (from {self.node.source})" if self.node.source else ""
         return CodegenError(f"TVM lowering of {self.node.format()}{source}: {message}")
+
+
+@dataclass(frozen=True)
+class Check:
+    """An input condition a kernel verifies before computing (see LowerContext.require)."""
+    tensor: te.Tensor
+    holds: Callable[[tirx.Expr], tirx.Expr]
+    kind: str
+    message: str
 
 
 def _to_prim(e: sympy.Expr, var: Callable[[str], tirx.Var]) -> tirx.Expr:
@@ -280,10 +299,15 @@ def elementwise(ctx: LowerContext, inputs: Sequence[te.Tensor],
 
 
 def normalize_index(i: tirx.Expr, size: tirx.Expr) -> tirx.Expr:
-    """A possibly negative index (from the end, as NumPy) as an int64 index in [0, size).
-
-    The references raise for an index outside [-size, size); a kernel cannot, so it
-    clamps it into range: never an out-of-bounds read."""
+    """A possibly negative index (from the end, as NumPy) as an int64 index in [0, size)
+    (for indices `require_in_range` has checked)."""
     i = i.astype(INDEX)
-    i = select(i < index(0), i + size, i)
-    return tirx.max(tirx.min(i, size - index(1)), index(0))
+    return select(i < index(0), i + size, i)
+
+
+def require_in_range(ctx: LowerContext, indices: te.Tensor, size: tirx.Expr, axis: int) -> None:
+    """Make the kernel refuse an index outside [-size, size), as the references do."""
+    def holds(i: tirx.Expr) -> tirx.Expr:
+        i = i.astype(INDEX)
+        return tirx.And(i >= -size, i < size)
+    ctx.require(indices, holds, "IndexError", f"index out of range on axis {axis}")

@@ -21,11 +21,14 @@ registers all of them. `constant` has no kernel: the runtime reads weights.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import tvm
 import tvm.sym
-from tvm import te, tirx
+from tvm import s_tir, te, tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
 
 from ...errors import CodegenError, UnsupportedOpsError
 from ...ir.graph import Graph, Node
@@ -38,6 +41,7 @@ from .common import INDEX, LowerContext, tvm_dtype
 BACKEND = "tvm"
 NO_KERNEL = frozenset({"constant"})   # ops the runtime handles without a kernel
 SYMBOL_ARGS_ATTR = "kiln.symbol_args"
+INDEX_ZERO = tirx.IntImm(INDEX, 0)
 
 
 def _place(node: Node) -> str:
@@ -68,20 +72,31 @@ def lower_node(node: Node, name: str, *, lowering: Callable | None = None,
     if lowering is None:
         raise UnsupportedOpsError("no TVM lowering", {node.op: [_place(node)]})
     ctx = LowerContext(node)
-    inputs = [te.placeholder(ctx.shape(t.shape), tvm_dtype(t.dtype), name=f"in{i}")
-              for i, t in enumerate(ctx.in_types)]
-    for t in ctx.out_types:
-        tvm_dtype(t.dtype)  # refuses packed types before the lowering sees them
-    result = lowering(ctx, *inputs, **node.attrs)
-    outputs = list(result) if isinstance(result, (tuple, list)) else [result]
-    outputs = _check_outputs(ctx, outputs, inputs)
-    scalars = _unbound_symbols(ctx, inputs + outputs)
-    func = te.create_prim_func(inputs + outputs + [ctx.var(s) for s in scalars],
-                               index_dtype_override=INDEX)
-    if scalars:
-        func = func.with_attr(SYMBOL_ARGS_ATTR, scalars)
-    # scheduling works on a module's "main"; the exported name is set afterwards
-    return _schedule.schedule(func, node, schedule).with_attr("global_symbol", name)
+    try:
+        inputs = [te.placeholder(ctx.shape(t.shape), tvm_dtype(t.dtype), name=f"in{i}")
+                  for i, t in enumerate(ctx.in_types)]
+        for t in ctx.out_types:
+            tvm_dtype(t.dtype)  # refuses packed types before the lowering sees them
+        result = lowering(ctx, *inputs, **node.attrs)
+        outputs = list(result) if isinstance(result, (tuple, list)) else [result]
+        outputs = _check_outputs(ctx, outputs, inputs)
+        scalars = _unbound_symbols(ctx, inputs + outputs)
+        func = te.create_prim_func(inputs + outputs + [ctx.var(s) for s in scalars],
+                                   index_dtype_override=INDEX)
+        if scalars:
+            func = func.with_attr(SYMBOL_ARGS_ATTR, scalars)
+        # scheduling works on a module's "main"; the exported name is set afterwards
+        func = _schedule.schedule(func, node, schedule)
+        if ctx.checks:
+            func = _with_checks(func, ctx, inputs)
+    except CodegenError as e:
+        if str(e).startswith("TVM lowering of"):   # already names the node
+            raise
+        raise ctx.fail(str(e)) from None
+    except Exception as e:  # noqa: BLE001  a TVM or lowering bug: name the node, keep the cause
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ctx.fail(f"{type(e).__name__}: {first} (full error in the cause)") from e
+    return func.with_attr("global_symbol", name)
 
 
 def symbol_args(func: tirx.PrimFunc) -> list[str]:
@@ -90,6 +105,29 @@ def symbol_args(func: tirx.PrimFunc) -> list[str]:
     if attrs is None or SYMBOL_ARGS_ATTR not in attrs:
         return []
     return [str(s) for s in attrs[SYMBOL_ARGS_ATTR]]
+
+
+def _with_checks(func: tirx.PrimFunc, ctx: LowerContext, inputs: list[te.Tensor]
+                 ) -> tirx.PrimFunc:
+    """`func` with the lowering's input checks first in its body: one serial pass per
+    checked input, asserting each element (the kernel returns the error to its caller)."""
+    stmts = []
+    for check in ctx.checks:
+        k = next(i for i, t in enumerate(inputs) if t.same_as(check.tensor))
+        buf = func.params[k]
+        with IRBuilder() as ib:
+            data = T.buffer_proxy(buf)
+            with contextlib.ExitStack() as loops:
+                idx = [loops.enter_context(T.serial(INDEX_ZERO, d)) for d in buf.ty.shape]
+                with T.Assert(check.holds(data[tuple(idx)] if idx else data[()]),
+                              check.message, error_kind=check.kind):
+                    T.evaluate(0)
+        stmts.append(ib.get())
+    root = func.body.block
+    body = s_tir.SBlock(root.iter_vars, root.reads, root.writes, root.name_hint,
+                        tirx.SeqStmt([*stmts, root.body]), root.init, root.alloc_buffers,
+                        root.match_buffers, root.annotations)
+    return func.with_body(s_tir.SBlockRealize([], tirx.const(True, "bool"), body))
 
 
 def _check_outputs(ctx: LowerContext, outputs: list[te.Tensor], inputs: list[te.Tensor]

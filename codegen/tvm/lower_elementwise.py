@@ -5,9 +5,9 @@ clamp) and of the creation ops `full` and `arange` (ir/ops/creation.py).
 Each follows its NumPy reference: half types compute in float32 and round once
 (float32 exp, expm1, tanh and erf are fastmath's vectorizable polynomials);
 float formulas are the references' own (same constants, same order); NaN propagates
-through maximum/minimum/clamp; `ne` is true for NaN; integers wrap. Integer
-division and remainder by zero, which the references refuse, give 0 here (a kernel
-cannot raise per element, and a hardware trap would kill the process).
+through maximum/minimum/clamp; `ne` is true for NaN; integers wrap. What the
+references refuse (an integer division by zero, a negative integer exponent) the
+kernel refuses too: it checks those inputs first and returns an error.
 """
 from __future__ import annotations
 
@@ -197,16 +197,13 @@ def _cast(ctx: LowerContext, x: te.Tensor, *, dtype) -> te.Tensor:
 
 # --- binary ----------------------------------------------------------------------------
 def _int_divisor(a: E, b: E, op: Callable[[E, E], E], at_minus_one: Callable[[E], E]) -> E:
-    """An integer division-like op that never traps: a zero divisor gives 0 and, for
-    signed types, -1 is computed by `at_minus_one` (INT_MIN / -1 overflows in hardware)."""
-    zero, one = _c(0, b), _c(1, b)
-    safe = select(tirx.EQ(b, zero), one, b)
-    if is_signed(dtype_of(b)):
-        safe = select(tirx.EQ(b, _c(-1, b)), one, safe)
-        out = select(tirx.EQ(b, _c(-1, b)), at_minus_one(a), op(a, safe))
-    else:
-        out = op(a, safe)
-    return select(tirx.EQ(b, zero), _c(0, a), out)
+    """An integer division-like op: a divisor of -1 is computed by `at_minus_one`
+    (INT_MIN / -1 traps in hardware; NumPy wraps). A zero divisor never gets here: the
+    kernel checks its divisors first (see `_register_binary`)."""
+    if not is_signed(dtype_of(b)):
+        return op(a, b)
+    minus_one = tirx.EQ(b, _c(-1, b))
+    return select(minus_one, at_minus_one(a), op(a, select(minus_one, _c(1, b), b)))
 
 
 def _fmod_float(a: E, b: E) -> E:
@@ -258,9 +255,15 @@ _ARITH: dict[str, Callable[[E, E], E]] = {
 }
 
 
+_INT_DIVISION = frozenset({"div", "floor_div", "remainder", "fmod"})
+
+
 def _register_binary(name: str, fn: Callable[[E, E], E]) -> None:
     @register_lowering(name, backend="tvm")
     def lower(ctx: LowerContext, a: te.Tensor, b: te.Tensor) -> te.Tensor:
+        if name in _INT_DIVISION and not is_float(dtype_of(b)):
+            ctx.require(b, lambda v: tirx.NE(v, _c(0, v)), "ValueError",
+                        "integer division by zero")
         return elementwise(ctx, [a, b], fn)
 
 
@@ -272,13 +275,13 @@ for _name, _fn in _ARITH.items():
 def _pow(ctx: LowerContext, a: te.Tensor, b: te.Tensor) -> te.Tensor:
     if is_float(dtype_of(a)):
         return elementwise(ctx, [a, b], lambda x, y: tirx.power(widen(x), widen(y)))
+    ctx.require(b, lambda v: v >= _c(0, v), "ValueError", "integer pow with a negative exponent")
     return _int_pow(ctx, a, b)
 
 
 def _int_pow(ctx: LowerContext, a: te.Tensor, b: te.Tensor) -> te.Tensor:
     """Integer power by squaring, wrapping in the dtype: a scalar loop per element over
-    the exponent's bits (as an expression, squaring would double the tree per bit).
-    A negative exponent, which the reference refuses, gives an unspecified value."""
+    the exponent's bits (as an expression, squaring would double the tree per bit)."""
     dtype = ctx.out_dtype()
     bits = tvm.DataType(dtype).bits
     shape = ctx.out_shape()

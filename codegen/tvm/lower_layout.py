@@ -4,8 +4,8 @@ index and triu/tril. Each output element is one load (or a constant), so they ar
 all injective and schedule as such.
 
 Loads never go out of bounds: padding and concatenation read a clamped index and
-select, and indices outside [-size, size) (which the references refuse) are clamped
-into range (see `common.normalize_index`).
+select; gather, gather_elements and index check their indices first and refuse one
+outside [-size, size), as the references do (`common.require_in_range`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tvm import te, tirx
 from ...ir.ops.layout import BIG
 from ...ir.registry import register_lowering
 from .common import (LowerContext, const, dtype_of, index, load_broadcast, normalize_index,
-                     select)
+                     require_in_range, select)
 
 E = tirx.Expr
 
@@ -183,6 +183,7 @@ def _pad(ctx: LowerContext, x: te.Tensor, *, pads, mode: str, value: float) -> t
 def _gather(ctx: LowerContext, x: te.Tensor, indices: te.Tensor, *, axis: int) -> te.Tensor:
     a = axis % len(x.shape)
     k = len(indices.shape)
+    require_in_range(ctx, indices, x.shape[a], a)
 
     def body(*idx):
         i = normalize_index(indices(*idx[a:a + k]), x.shape[a])
@@ -194,6 +195,7 @@ def _gather(ctx: LowerContext, x: te.Tensor, indices: te.Tensor, *, axis: int) -
 def _gather_elements(ctx: LowerContext, x: te.Tensor, indices: te.Tensor, *, axis: int
                      ) -> te.Tensor:
     a = axis % len(x.shape)
+    require_in_range(ctx, indices, x.shape[a], a)
 
     def body(*idx):
         src = list(idx)
@@ -206,6 +208,8 @@ def _gather_elements(ctx: LowerContext, x: te.Tensor, indices: te.Tensor, *, axi
 def _index(ctx: LowerContext, x: te.Tensor, *indices: te.Tensor, axis: int) -> te.Tensor:
     n = len(indices)
     b = len(ctx.out_types[0].shape) - len(x.shape) + n   # rank of the broadcast indices
+    for k, t in enumerate(indices):
+        require_in_range(ctx, t, x.shape[axis + k], axis + k)
 
     def body(*idx):
         where = idx[axis:axis + b]

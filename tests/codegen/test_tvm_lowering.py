@@ -11,6 +11,8 @@ fastmath.py) against the reference interpreter, the ground truth.
   attribute holds (a scalar parameter).
 - the basic contraction lowerings (lower_linalg.BASIC_LOWERINGS), which the GEMM
   module's replace in the registry;
+- inputs the references refuse (zero integer divisors, negative integer exponents,
+  indices out of range) make the kernels fail too;
 - `missing_lowerings` and the errors of `lower_node`; the schedule table; fastmath's
   accuracy on a dense float32 sweep; the shape of the default schedules (parallel and
   vectorized loops where they belong).
@@ -29,7 +31,7 @@ import numpy as np
 import pytest
 import scipy.special
 import tvm
-from tvm import s_tir, te
+from tvm import te
 
 from kiln.codegen.tvm import SCHEDULES, cpu_target, lower_node, missing_lowerings, symbol_args
 from kiln.codegen.tvm import fastmath, lower_linalg
@@ -491,6 +493,48 @@ def test_lower_node_refuses_constants_and_packed_types():
         lower_node(graph.nodes[0], "k")
     with pytest.raises(CodegenError, match="int4"):
         lower_node(graph.nodes[1], "k")
+
+
+def _copy(x):
+    return lambda *i: x(*i)
+
+
+def test_lowering_errors_name_the_node():
+    graph = _graph_with_erf()
+
+    def broken(ctx, x):
+        raise ValueError("no idea")
+    with pytest.raises(CodegenError, match=r"erf\(%exp\).*model.py:4.*ValueError: no idea"):
+        lower_node(graph.nodes[-1], "k", lowering=broken)
+    b = GraphBuilder("g")
+    cast = b.build(b.op("cast", b.input("x", tensor("f32", 4)), dtype="i32")).nodes[-1]
+    with pytest.raises(CodegenError, match="cast.*output 0 is float32, declared int32"):
+        lower_node(cast, "k", lowering=lambda ctx, x, dtype: te.compute(x.shape, _copy(x)))
+
+
+@pytest.mark.parametrize("op, inputs, attrs, bad, error", [
+    ("div", [np.array([7, -7], np.int32), np.array([2, 3], np.int32)], {},
+     [np.array([7, -7], np.int32), np.array([2, 0], np.int32)], "integer division by zero"),
+    ("remainder", [np.array([7], np.int8), np.array([3], np.int8)], {},
+     [np.array([7], np.int8), np.array([0], np.int8)], "integer division by zero"),
+    ("pow", [np.array([3], np.int64), np.array([2], np.int64)], {},
+     [np.array([3], np.int64), np.array([-1], np.int64)], "negative exponent"),
+    ("gather", [np.zeros((3, 4), np.float32), np.array([-4, 3], np.int64)], {"axis": 1},
+     [np.zeros((3, 4), np.float32), np.array([0, 4], np.int64)], "out of range on axis 1"),
+    ("index", [np.zeros((3, 4), np.float32), np.array([-3], np.int32)], {},
+     [np.zeros((3, 4), np.float32), np.array([-4], np.int32)], "out of range on axis 0"),
+])
+def test_kernels_refuse_what_the_reference_refuses(op, inputs, attrs, bad, error):
+    """A zero integer divisor, a negative integer exponent, an index out of range: the
+    kernel checks its inputs first and fails (the reference raises), never a made-up
+    answer or an out-of-bounds read."""
+    c = Case(op, inputs, attrs)
+    lib = tvm.compile(tvm.IRModule({"k": lower_node(c.graph().nodes[-1], "k")}),
+                      target=cpu_target())
+    want = interpret(c.graph(), inputs)
+    assert_close(run_kernel(lib, "k", inputs, want)[0], want[0])
+    with pytest.raises(Exception, match=error):
+        run_kernel(lib, "k", bad, want)
 
 
 def test_a_registered_schedule_replaces_the_default(monkeypatch):
