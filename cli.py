@@ -27,7 +27,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -166,20 +166,28 @@ def read_model(path: Path, *, factory: str = "make_model",
     return load(path)
 
 
+# the options `kiln ir` and `kiln compile` share
+ModelArg = Annotated[Path, typer.Argument(
+    metavar="MODEL", show_default=False,
+    help="A .py file with a model factory, a .pt2 ExportedProgram, or a .kir file.")]
+DynamicOpt = Annotated[list[str], typer.Option(
+    "--dynamic", metavar="SYMBOL|INPUT:AXIS=SYMBOL",
+    help="Make an axis symbolic (repeatable): INPUT:AXIS=SYMBOL with INPUT a name or a "
+         "position (x:0=batch), or a bare SYMBOL for axis 0 of every input (batch).")]
+FactoryOpt = Annotated[str, typer.Option(
+    "--factory", metavar="NAME",
+    help="The function of a .py MODEL that returns (module, example_inputs[, dynamic_dims]).")]
+
+
 @app.command("ir")
 @_reports_kiln_errors
 def ir_command(
-    model: Path = typer.Argument(..., metavar="MODEL", help="A .py file with a model factory, a "
-                                 ".pt2 ExportedProgram, or a .kir file.", show_default=False),
+    model: ModelArg,
     output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="OUT.kir",
                                           help="Write OUT.kir and its weights OUT.safetensors "
                                                "instead of printing."),
-    dynamic: list[str] = typer.Option([], "--dynamic", metavar="INPUT:AXIS=SYMBOL",
-                                      help="Make an input's axis symbolic (repeatable); INPUT "
-                                           "is a name or a position, e.g. x:0=batch."),
-    factory: str = typer.Option("make_model", "--factory", metavar="NAME",
-                                help="The function of a .py MODEL that returns (module, "
-                                     "example_inputs[, dynamic_dims])."),
+    dynamic: DynamicOpt = [],
+    factory: FactoryOpt = "make_model",
     no_locations: bool = typer.Option(False, "--no-locations",
                                       help="Leave out loc(...) source locations."),
 ) -> None:
@@ -227,18 +235,12 @@ def check_command(
 @app.command("compile")
 @_reports_kiln_errors
 def compile_command(
-    model: Path = typer.Argument(..., metavar="MODEL", show_default=False,
-                                 help="A .py file with a model factory, a .pt2 ExportedProgram, "
-                                      "or a .kir file."),
+    model: ModelArg,
     output: Path = typer.Option(..., "-o", "--output", metavar="OUT.kiln",
                                 help="The artifact to write."),
     target: str = typer.Option("cpu", "--target", help="What to compile for (cpu)."),
-    dynamic: list[str] = typer.Option([], "--dynamic", metavar="SYMBOL|INPUT:AXIS=SYMBOL",
-                                      help="Make an axis symbolic (repeatable): a bare SYMBOL "
-                                           "is axis 0 of every input (--dynamic batch)."),
-    factory: str = typer.Option("make_model", "--factory", metavar="NAME",
-                                help="The function of a .py MODEL that returns (module, "
-                                     "example_inputs[, dynamic_dims])."),
+    dynamic: DynamicOpt = [],
+    factory: FactoryOpt = "make_model",
 ) -> None:
     """Compile a model ahead of time into a .kiln artifact."""
     from rich.console import Console
