@@ -6,7 +6,9 @@
     kiln check FILE.kir
         parse and verify; print a one-line summary, or the error and exit 1
     kiln compile MODEL -o OUT.kiln [--target cpu] [--dynamic batch | INPUT:AXIS=SYMBOL ...]
-        compile to a deployable artifact, showing each stage and its time
+                 [--passes SPEC] [--dump-ir DIR] [--report] [--cache-dir DIR|off]
+        compile to a deployable artifact, showing each stage and its time; --report
+        prints what each pass did
     kiln run OUT.kiln --input NAME=FILE.npy ... [--output-dir DIR]
         run an artifact through the runtime
     kiln inspect OUT.kiln
@@ -241,11 +243,26 @@ def compile_command(
     target: str = typer.Option("cpu", "--target", help="What to compile for (cpu)."),
     dynamic: DynamicOpt = [],
     factory: FactoryOpt = "make_model",
+    passes: Optional[str] = typer.Option(
+        None, "--passes", metavar="SPEC",
+        help="The pass pipeline, e.g. 'canonicalize,fuse(max_group=16),plan' "
+             "(default: kiln.passes.manager.DEFAULT_PIPELINE; '' runs none)."),
+    dump_ir: Optional[Path] = typer.Option(
+        None, "--dump-ir", metavar="DIR",
+        help="Write the IR before and after each pass into DIR as .kir files."),
+    report: bool = typer.Option(False, "--report", help="Print what each pass did."),
+    cache_dir: Optional[str] = typer.Option(
+        None, "--cache-dir", metavar="DIR",
+        help="The kernel cache folder (default: $KILN_CACHE_DIR, else "
+             "~/.cache/kiln/kernels); 'off' compiles every kernel afresh."),
 ) -> None:
     """Compile a model ahead of time into a .kiln artifact."""
     from rich.console import Console
 
     from .compiler import compile as compile_model
+    from .passes.manager import parse_pipeline
+    if passes is not None:
+        parse_pipeline(passes)   # a bad spec fails before the (slow) import
     console = Console(stderr=True, highlight=False)
     total = time.perf_counter()
     with console.status("import") as status:
@@ -258,7 +275,8 @@ def compile_command(
         start = time.perf_counter()
         graph = read_model(model, factory=factory, dynamic=parse_dynamic(dynamic))
         on_stage("import", time.perf_counter() - start)
-        compiled = compile_model(graph, target=target, on_stage=on_stage)
+        compiled = compile_model(graph, target=target, passes=passes, dump_ir=dump_ir,
+                                 cache_dir=cache_dir, on_stage=on_stage)
         on_stage("save", None)
         start = time.perf_counter()
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -267,8 +285,14 @@ def compile_command(
     r = compiled.report
     console.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in "
                   f"{time.perf_counter() - total:.1f} s: {r.kernel_calls} kernel calls, "
-                  f"{r.distinct_kernels} distinct kernels\nsignature {compiled.signature}",
+                  f"{r.distinct_kernels} distinct kernels ({r.cache_hits} from the kernel "
+                  f"cache)\nsignature {compiled.signature}",
                   markup=False)
+    if report:
+        for pass_report in r.passes:
+            typer.echo(f"pass {pass_report}")
+    if dump_ir is not None:
+        console.print(f"IR dumps in {dump_ir}", markup=False)
 
 
 # --- kiln run ---------------------------------------------------------------------------------

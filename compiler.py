@@ -2,7 +2,7 @@
 
     compile(model, example_inputs, dynamic_dims=...)
       -> a kiln Graph: torch frontend (nn.Module, ExportedProgram), `.kir` file, or a Graph
-      -> dead-code elimination, verify
+      -> passes: PassManager(passes or DEFAULT_PIPELINE), verified after each pass
       -> codegen.tvm.build_graph: one kernel per distinct node, one kernels.so
       -> a runtime Plan: signature, value specs, constants, steps; memory slots planned
       -> CompiledModel: runs through the runtime's Executor; `save` writes a .kiln
@@ -17,16 +17,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .errors import KilnError
 from .ir import Graph, verify
-from .passes.dce import eliminate_dead_code
-from .passes.memory import memory_report, plan_memory
+from .passes.manager import DEFAULT_PIPELINE, Pass, PassManager, PassReport
+from .passes.memory import MemoryPlan, graph_plan, memory_report, plan_graph_memory
 from .runtime.executor import Executor
-from .runtime.plan import Plan, Port, Signature, Step, TensorSpec
+from .runtime.plan import Plan, Signature, Step
 
 if TYPE_CHECKING:
     from .codegen.tvm.build import KernelCall
@@ -36,16 +36,20 @@ TARGETS = ("cpu",)
 
 @dataclass
 class CompileReport:
-    """What compiling took: seconds per stage, kernel counts."""
+    """What compiling took: seconds per stage, kernel counts, and what each pass did."""
     seconds: dict[str, float] = field(default_factory=dict)
+    passes: list[PassReport] = field(default_factory=list)
     nodes: int = 0
     kernel_calls: int = 0
     distinct_kernels: int = 0
+    cache_hits: int = 0          # distinct kernels the kernel cache held
+    cache_misses: int = 0        # distinct kernels compiled (all of them with no cache)
 
     def __str__(self) -> str:
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
         return (f"{self.nodes} nodes -> {self.kernel_calls} kernel calls, "
-                f"{self.distinct_kernels} distinct kernels; {stages}")
+                f"{self.distinct_kernels} distinct kernels (kernel cache: {self.cache_hits} "
+                f"hits, {self.cache_misses} misses); {stages}")
 
 
 class CompiledModel:
@@ -104,16 +108,21 @@ class _Stages:
 
 def compile(model: Any, example_inputs: Any = None, *, target: str = "cpu",
             dynamic_dims: Mapping[Any, Mapping[int, str]] | None = None,
-            passes: str | None = None, on_stage: StageHook | None = None) -> CompiledModel:
+            passes: str | Sequence[Pass] | None = None, dump_ir: str | Path | None = None,
+            cache_dir: str | Path | bool | None = None,
+            on_stage: StageHook | None = None) -> CompiledModel:
     """Compile `model` (an nn.Module, an ExportedProgram, a kiln Graph or a `.kir`
     path) for `target`. `dynamic_dims` maps an input name (or position) to
     `{axis: "symbol"}`; one compiled model then serves every value of each symbol.
+    `passes` is a pipeline spec (`"canonicalize,fuse(max_group=16)"`, see
+    kiln.passes.manager) or a list of passes; None runs `DEFAULT_PIPELINE`. `dump_ir`
+    names a folder for the IR before and after each pass. `cache_dir` is the kernel
+    cache's folder (default $KILN_CACHE_DIR, else ~/.cache/kiln/kernels; False or "off":
+    no cache).
     `on_stage(name, seconds)` is called as each stage starts (seconds=None) and ends."""
     if target not in TARGETS:
         raise KilnError(f"unknown target {target!r}; kiln compiles for: {', '.join(TARGETS)}")
-    if passes is not None:
-        raise KilnError("custom pass pipelines (passes=...) are not available yet: kiln "
-                        "has no PassManager; leave passes=None")
+    manager = PassManager(DEFAULT_PIPELINE if passes is None else passes, dump_ir=dump_ir)
     report = CompileReport()
     stage = _Stages(report, on_stage)
     if isinstance(model, Graph):           # already imported (e.g. by the CLI)
@@ -122,21 +131,20 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "cpu",
         with stage("import"):
             graph = to_graph(model, example_inputs, dynamic_dims)
     with stage("passes"):
-        eliminate_dead_code(graph)
-        verify(graph)
+        report.passes = manager.run(graph)   # verifies after every pass
+        verify(graph)                         # and an empty pipeline's input
     with stage("codegen"):
-        from .codegen.tvm.build import build_graph   # the compiler's heaviest import
-        from .codegen.tvm.target import cpu_target
+        from .codegen.tvm.build import build_graph   # imports TVM if a kernel is not cached
+        from .codegen.tvm.cache import open_cache
         workdir = tempfile.TemporaryDirectory(prefix="kiln-build-")
-        tvm_target = cpu_target()
-        built = build_graph(graph, workdir.name, tvm_target)
+        built = build_graph(graph, workdir.name, cache=open_cache(cache_dir))
     with stage("plan"):
-        plan = plan_memory(make_plan(graph, built.calls))
+        plan = make_plan(graph, built.calls)
     report.nodes = len(graph.nodes)
     report.kernel_calls = len(built.calls)
     report.distinct_kernels = len(built.kernels)
-    target_name = f"llvm -mcpu={tvm_target.attrs['mcpu']}"
-    return CompiledModel(graph, plan, built.library, workdir, target_name, report)
+    report.cache_hits, report.cache_misses = built.cache.hits, built.cache.misses
+    return CompiledModel(graph, plan, built.library, workdir, built.target_name, report)
 
 
 def to_graph(model: Any, example_inputs: Any, dynamic_dims: Any) -> Graph:
@@ -182,18 +190,11 @@ def copy_graph(graph: Graph) -> Graph:
 
 
 def make_plan(graph: Graph, calls: list["KernelCall"]) -> Plan:
-    """The runtime plan of a built graph: signature, every value's spec, constants and
-    one step per kernel call (memory is planned afterwards)."""
-    def spec(v) -> TensorSpec:
-        return TensorSpec(v.type.dtype.name, v.type.shape)
-
-    def port(v) -> Port:
-        return Port(v.name, v.type.dtype.name, v.type.shape)
-
-    steps = tuple(Step(c.kernel, c.inputs, c.outputs, c.source) for c in calls)
-    return Plan(
-        signature=Signature(tuple(port(v) for v in graph.inputs),
-                            tuple(port(v) for v in graph.outputs)),
-        values={v.name: spec(v) for v in graph.values()},
-        constants={n.outputs[0].name: n.attrs["ref"] for n in graph.nodes if n.op == "constant"},
-        steps=steps, name=graph.name)
+    """The runtime plan of a built graph: signature, every value's spec, constants, views,
+    one step per kernel call, and the memory plan the `plan` pass left on
+    `graph.memory_plan` (planned here when no pipeline ran that pass)."""
+    plan = graph_plan(graph, [Step(c.kernel, c.inputs, c.outputs, c.source) for c in calls])
+    memory_plan: MemoryPlan | None = getattr(graph, "memory_plan", None)
+    if memory_plan is None:
+        memory_plan, _ = plan_graph_memory(graph)
+    return memory_plan.apply(plan)

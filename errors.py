@@ -81,3 +81,13 @@ class KernelError(KilnError):
 
 class CodegenError(KilnError):
     """A node could not be turned into a kernel; names the node and the reason."""
+
+
+class PipelineError(KilnError):
+    """A pass pipeline is malformed or misused: a syntax error in its spec, an unknown
+    pass or option, a badly typed option value, a missing required pass. Names the
+    pass (`pass_name`) and option, and lists the valid ones."""
+
+    def __init__(self, message: str, *, pass_name: str | None = None, option: str | None = None):
+        self.pass_name, self.option = pass_name, option
+        super().__init__(message)

@@ -38,27 +38,72 @@ class Case:
     shapes: list[tuple[int, ...]]     # kiln node inputs
     flops: float
     attrs: dict = field(default_factory=dict)
+    count: int = 1                    # how often the layer occurs in its model (totals)
 
 
+def conv_case(name: str, c: int, hw: int, o: int, k: int, s: int = 1, count: int = 1) -> Case:
+    """A square conv layer with bias (batch norm folded in), batch 1, pad k // 2."""
+    out = (hw + 2 * (k // 2) - k) // s + 1
+    return Case(f"{name} conv {c}x{hw}^2 {k}x{k}/{s} -> {o}", "conv",
+                [(1, c, hw, hw), (o, c, k, k), (o,)], 2 * o * c * k * k * out * out,
+                dict(strides=[s, s], pads=[k // 2] * 4, dilations=[1, 1], groups=1), count)
+
+
+def attention_case(name: str, heads: int, seq: int, dim: int, causal: bool) -> Case:
+    return Case(f"{name} attention {heads}x{seq}x{dim}" + (" causal" if causal else ""),
+                "scaled_dot_product_attention", [(1, heads, seq, dim)] * 3,
+                4 * heads * seq * seq * dim // (2 if causal else 1),
+                dict(is_causal=causal, scale=None))
+
+
+# ResNet-50 (torchvision v1.5 / HF ResNetModel: the stride in the 3x3), batch 1, 224^2:
+# every distinct conv layer and how many times it occurs (53 convs in all)
+RESNET50 = {
+    "r50_stem": conv_case("stem", 3, 224, 64, 7, 2),
+    "r50_l1_in64": conv_case("l1", 64, 56, 64, 1),
+    "r50_l1_3x3": conv_case("l1", 64, 56, 64, 3, count=3),
+    "r50_l1_out": conv_case("l1", 64, 56, 256, 1, count=4),
+    "r50_l1_in256": conv_case("l1", 256, 56, 64, 1, count=2),
+    "r50_l2_in256": conv_case("l2", 256, 56, 128, 1),
+    "r50_l2_3x3s2": conv_case("l2", 128, 56, 128, 3, 2),
+    "r50_l2_out": conv_case("l2", 128, 28, 512, 1, count=4),
+    "r50_l2_ds": conv_case("l2 ds", 256, 56, 512, 1, 2),
+    "r50_l2_in512": conv_case("l2", 512, 28, 128, 1, count=3),
+    "r50_l2_3x3": conv_case("l2", 128, 28, 128, 3, count=3),
+    "r50_l3_in512": conv_case("l3", 512, 28, 256, 1),
+    "r50_l3_3x3s2": conv_case("l3", 256, 28, 256, 3, 2),
+    "r50_l3_out": conv_case("l3", 256, 14, 1024, 1, count=6),
+    "r50_l3_ds": conv_case("l3 ds", 512, 28, 1024, 1, 2),
+    "r50_l3_in1024": conv_case("l3", 1024, 14, 256, 1, count=5),
+    "r50_l3_3x3": conv_case("l3", 256, 14, 256, 3, count=5),
+    "r50_l4_in1024": conv_case("l4", 1024, 14, 512, 1),
+    "r50_l4_3x3s2": conv_case("l4", 512, 14, 512, 3, 2),
+    "r50_l4_out": conv_case("l4", 512, 7, 2048, 1, count=3),
+    "r50_l4_ds": conv_case("l4 ds", 1024, 14, 2048, 1, 2),
+    "r50_l4_in2048": conv_case("l4", 2048, 7, 512, 1, count=2),
+    "r50_l4_3x3": conv_case("l4", 512, 7, 512, 3, count=2),
+}
 CASES = {
     "mm1024": Case("matmul 1024^3", "matmul", [(1024, 1024), (1024, 1024)], 2 * 1024 ** 3),
     "mm2048": Case("matmul 2048^3", "matmul", [(2048, 2048), (2048, 2048)], 2 * 2048 ** 3),
+    "bmm_qk": Case("batched matmul 12x128x64 @ 12x64x128 (QK^T)", "matmul",
+                   [(12, 128, 64), (12, 64, 128)], 2 * 12 * 128 * 128 * 64),
+    "bmm_pv": Case("batched matmul 12x128x128 @ 12x128x64 (PV)", "matmul",
+                   [(12, 128, 128), (12, 128, 64)], 2 * 12 * 128 * 128 * 64),
     "bert_linear": Case("linear M128 K768 N3072 (BERT FFN)", "linear",
                         [(128, 768), (3072, 768), (3072,)], 2 * 128 * 768 * 3072),
     "bert_linear2": Case("linear M128 K3072 N768", "linear",
                          [(128, 3072), (768, 3072), (768,)], 2 * 128 * 768 * 3072),
     "decode_linear": Case("linear M1 K768 N3072 (decode step)", "linear",
                           [(1, 768), (3072, 768), (3072,)], 2 * 768 * 3072),
-    "resnet_conv": Case("conv 1x64x56x56 3x3 64 (ResNet)", "conv",
-                        [(1, 64, 56, 56), (64, 64, 3, 3)], 2 * 64 * 64 * 9 * 56 * 56,
-                        dict(strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], groups=1)),
-    "resnet_1x1": Case("conv 1x256x56x56 1x1 64 (ResNet-50)", "conv",
-                       [(1, 256, 56, 56), (64, 256, 1, 1)], 2 * 64 * 256 * 56 * 56,
-                       dict(strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], groups=1)),
-    "bert_attention": Case("attention 1x12x128x64 (BERT)", "scaled_dot_product_attention",
-                           [(1, 12, 128, 64)] * 3, 4 * 12 * 128 * 128 * 64,
-                           dict(is_causal=False, scale=None)),
+    "resnet_conv": RESNET50["r50_l1_3x3"],
+    "resnet_1x1": RESNET50["r50_l1_in256"],
+    **RESNET50,
+    "bert_attention": attention_case("BERT", 12, 128, 64, False),
+    "gpt2_attention": attention_case("GPT-2", 12, 128, 64, True),
+    "llama_attention": attention_case("Llama", 8, 128, 64, True),
 }
+GROUPS = {"resnet50": ",".join(RESNET50)}   # --cases shorthands
 PAUSE_S = 0.25   # before each engine's turn: the last engine's thread pool stops spinning
 DEFAULT = ("mm1024,mm2048,bert_linear,bert_linear2,decode_linear,resnet_conv,resnet_1x1,"
            "bert_attention")
@@ -66,52 +111,27 @@ DEFAULT = ("mm1024,mm2048,bert_linear,bert_linear2,decode_linear,resnet_conv,res
 
 # --- engines ---------------------------------------------------------------------------------
 def kiln_engine(case: Case, arrays: list[np.ndarray]) -> Callable[[], None]:
+    """The case as `kiln.compile` builds it: a linear/conv weight (and bias) is a
+    constant, packed at compile time by the `pack_weights` pass."""
     import tvm
 
     from kiln.codegen.tvm import cpu_target, lower_node
     from kiln.ir import GraphBuilder, tensor
+    from kiln.passes.pack import PackWeights
 
     b = GraphBuilder(case.op)
-    values = [b.input(f"x{i}", tensor("f32", *s)) for i, s in enumerate(case.shapes)]
-    node = b.build(getattr(b, case.op)(*values, **case.attrs)).nodes[-1]
+    weights = case.op in ("linear", "conv")
+    values = [b.constant(f"w{i}", a) if weights and i else b.input(f"x{i}", tensor("f32", *a.shape))
+              for i, a in enumerate(arrays)]
+    graph = b.build(getattr(b, case.op)(*values, **case.attrs))
+    PackWeights().run(graph)
+    node = graph.nodes[-1]
+    given = dict(zip(graph.inputs, arrays))
+    inputs = [given[v] if v in given else graph.constant_array(v.producer) for v in node.inputs]
     lib = tvm.compile(tvm.IRModule({"main": lower_node(node, "main")}), target=cpu_target())
     fn = lib["main"]
     out = np.zeros(tuple(node.outputs[0].type.shape), np.float32)
-    args = [tvm.runtime.tensor(a) for a in arrays] + [tvm.runtime.tensor(out)]
-    return lambda: fn(*args)
-
-
-def prepacked_linear_engine(case: Case, arrays: list[np.ndarray]) -> Callable[[], None]:
-    """linear with its weight given pre-packed as [N/64, K, 64] (no pack in the kernel)."""
-    import tvm
-    from tvm import s_tir, te
-
-    from kiln.codegen.tvm import cpu_target
-    from kiln.codegen.tvm.gemm import (PANELS_SHARED, Operand, choose_tiling, machine,
-                                       panel_gemm, schedule_gemm)
-    x_np, w_np, bias_np = arrays
-    (M, K), N = x_np.shape, w_np.shape[0]
-    tiling = choose_tiling(M, N, "float32")
-    nb = tiling.nb
-    packed = np.zeros((-(-N // nb) * nb, K), np.float32)
-    packed[:N] = w_np
-    packed = np.ascontiguousarray(packed.reshape(-1, nb, K).transpose(0, 2, 1))
-    x = te.placeholder((M, K), "float32", name="x")
-    wp = te.placeholder(packed.shape, "float32", name="wp")
-    bias = te.placeholder((N,), "float32", name="bias")
-    lhs = Operand([], tvm.tirx.IntImm("int64", M), lambda bi, r, k: x[r, k])
-    rhs = Operand([], tvm.tirx.IntImm("int64", N), lambda bi, c, k: wp[c // nb, k, c % nb])
-    acc = panel_gemm("linear", [], lhs, rhs, tvm.tirx.IntImm("int64", K), "float32", tiling,
-                     panel_parallel=PANELS_SHARED if N // nb >= 2 * machine().threads else 0)
-    out = te.compute((M, N), lambda i, j: acc[i, j] + bias[j], name="linear")
-    sch = s_tir.Schedule(te.create_prim_func([x, wp, bias, out]))
-    schedule_gemm(sch)
-    lib = tvm.compile(sch.mod, target=cpu_target())
-    fn = lib["main"]
-    res = np.zeros((M, N), np.float32)
-    args = [tvm.runtime.tensor(a) for a in (x_np, packed, bias_np, res)]
-    fn(*args)
-    np.testing.assert_allclose(args[-1].numpy(), x_np @ w_np.T + bias_np, rtol=1e-4, atol=1e-3)
+    args = [tvm.runtime.tensor(a) for a in inputs] + [tvm.runtime.tensor(out)]
     return lambda: fn(*args)
 
 
@@ -120,19 +140,19 @@ def torch_engine(case: Case, arrays: list[np.ndarray]) -> Callable[[], None]:
     import torch.nn.functional as F
 
     t = [torch.from_numpy(a) for a in arrays]
+    a = case.attrs
     with torch.no_grad():
         if case.op == "matmul":
-            out = torch.empty(t[0].shape[0], t[1].shape[1])
-            return lambda: torch.mm(t[0], t[1], out=out)
+            out = torch.empty(*t[0].shape[:-1], t[1].shape[-1])
+            return lambda: torch.matmul(t[0], t[1], out=out)
         if case.op == "linear":
             return lambda: F.linear(*t)
         if case.op == "conv":
-            a = case.attrs
-            return lambda: F.conv2d(t[0], t[1], stride=a["strides"], padding=a["pads"][:2])
-        return lambda: F.scaled_dot_product_attention(*t)
+            return lambda: F.conv2d(*t, stride=a["strides"], padding=a["pads"][:2])
+        return lambda: F.scaled_dot_product_attention(*t, is_causal=a["is_causal"])
 
 
-def ort_engine(case: Case, arrays: list[np.ndarray], threads: int) -> Callable[[], None] | None:
+def ort_engine(case: Case, arrays: list[np.ndarray], threads: int) -> Callable[[], None]:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -150,14 +170,31 @@ def ort_engine(case: Case, arrays: list[np.ndarray], threads: int) -> Callable[[
         ins, feed = [value("x", arrays[0])], {"x": arrays[0]}
     elif case.op == "conv":
         a = case.attrs
-        node = helper.make_node("Conv", ["x", "w"], ["y"], strides=a["strides"], pads=a["pads"],
+        names = ["x", "w", "b"][:len(arrays)]
+        node = helper.make_node("Conv", names, ["y"], strides=a["strides"], pads=a["pads"],
                                 dilations=a["dilations"], group=a["groups"])
-        inits = [numpy_helper.from_array(arrays[1], "w")]
+        inits = [numpy_helper.from_array(arr, n) for n, arr in zip(names[1:], arrays[1:])]
         ins, feed = [value("x", arrays[0])], {"x": arrays[0]}
-    else:
-        return None        # opset 17 has no attention op
+    else:   # attention as exported models give it to ORT: MatMul, scale, mask, Softmax
+        q, k, v = arrays[:3]
+        scale = 1 / np.sqrt(q.shape[-1])
+        nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+                 helper.make_node("MatMul", ["q", "kt"], ["qk"]),
+                 helper.make_node("Mul", ["qk", "scale"], ["logits"])]
+        inits = [numpy_helper.from_array(np.array(scale, np.float32), "scale")]
+        if case.attrs["is_causal"]:
+            L, S = q.shape[-2], k.shape[-2]
+            causal = np.where(np.tril(np.ones((L, S), bool)), 0, -np.inf).astype(np.float32)
+            inits.append(numpy_helper.from_array(causal, "causal"))
+            nodes.append(helper.make_node("Add", ["logits", "causal"], ["masked"]))
+        nodes += [helper.make_node("Softmax", [nodes[-1].output[0]], ["p"], axis=-1),
+                  helper.make_node("MatMul", ["p", "v"], ["y"])]
+        ins = [value(n, a) for n, a in zip("qkv", (q, k, v))]
+        feed = dict(zip("qkv", (q, k, v)))
+        node = None
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    graph = helper.make_graph([node], case.op, ins, [out], initializer=inits)
+    graph = helper.make_graph([node] if node is not None else nodes, case.op, ins, [out],
+                              initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -191,12 +228,21 @@ def interleaved(engines: dict[str, Callable[[], None]], rounds: int) -> dict[str
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def expand(cases: str) -> list[str]:
+    keys = []
+    for key in cases.split(","):
+        keys += GROUPS[key].split(",") if key in GROUPS else [key]
+    unknown = [k for k in keys if k not in CASES]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; known: {sorted(CASES)} and {sorted(GROUPS)}")
+    return keys
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=DEFAULT)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--prepacked", action="store_true")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     if "tvm" in sys.modules:
@@ -206,30 +252,32 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     rows = []
-    for key in args.cases.split(","):
+    for key in expand(args.cases):
         case = CASES[key]
         arrays = [rng.standard_normal(s).astype(np.float32) for s in case.shapes]
-        engines = {"kiln": kiln_engine(case, arrays)}
-        if args.prepacked and case.op == "linear":
-            engines["kiln prepacked"] = prepacked_linear_engine(case, arrays)
-        engines["torch"] = torch_engine(case, arrays)
-        ort = ort_engine(case, arrays, args.threads)
-        if ort is not None:
-            engines["ORT"] = ort
+        engines = {"kiln": kiln_engine(case, arrays), "torch": torch_engine(case, arrays),
+                   "ORT": ort_engine(case, arrays, args.threads)}
         seconds = interleaved(engines, args.rounds)
-        gflops = {k: case.flops / s / 1e9 for k, s in seconds.items()}
-        rows.append((case.name, gflops))
-        print(f"{case.name}: " + ", ".join(f"{k} {v:.1f}" for k, v in gflops.items())
-              + " GFLOP/s", flush=True)
+        rows.append((key, case, seconds))
+        print(f"{case.name}: " + ", ".join(f"{k} {case.flops / v / 1e9:.1f}"
+                                           for k, v in seconds.items()) + " GFLOP/s", flush=True)
     print()
-    print(f"threads {args.threads}, {args.rounds} interleaved rounds, median GFLOP/s")
-    print("| case | kiln | kiln prepacked | torch | ORT | kiln/torch | kiln/ORT |")
-    print("|---|---|---|---|---|---|---|")
-    for name, g in rows:
-        cell = lambda k: f"{g[k]:.1f}" if k in g else "-"  # noqa: E731
-        ratio = lambda k: f"{g['kiln'] / g[k]:.2f}" if k in g else "-"  # noqa: E731
-        print(f"| {name} | {cell('kiln')} | {cell('kiln prepacked')} | {cell('torch')} | "
-              f"{cell('ORT')} | {ratio('torch')} | {ratio('ORT')} |")
+    print(f"threads {args.threads}, {args.rounds} interleaved rounds, median GFLOP/s "
+          "(ms per call for the totals)")
+    print("| case | kiln | torch | ORT | kiln/torch | kiln/ORT |")
+    print("|---|---|---|---|---|---|")
+    for _, case, sec in rows:
+        g = {k: case.flops / v / 1e9 for k, v in sec.items()}
+        count = f" (x{case.count})" if case.count > 1 else ""
+        print(f"| {case.name}{count} | {g['kiln']:.1f} | {g['torch']:.1f} | {g['ORT']:.1f} | "
+              f"{g['kiln'] / g['torch']:.2f} | {g['kiln'] / g['ORT']:.2f} |")
+    for group, members in GROUPS.items():
+        chosen = [(case, sec) for key, case, sec in rows if key in members.split(",")]
+        if chosen:   # the layers' summed time, each layer as often as the model has it
+            ms = {k: 1e3 * sum(c.count * sec[k] for c, sec in chosen) for k in chosen[0][1]}
+            print(f"| {group}: {len(chosen)} layers, total ms | {ms['kiln']:.2f} | "
+                  f"{ms['torch']:.2f} | {ms['ORT']:.2f} | {ms['torch'] / ms['kiln']:.2f} | "
+                  f"{ms['ORT'] / ms['kiln']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -51,13 +51,16 @@ class Node:
     """One application of a registered op: `outputs = op(inputs) {attrs}`.
 
     `source` is where the op came from (a torch source line, an ONNX node name),
-    quoted in errors and printed as `loc("...")`.
+    quoted in errors and printed as `loc("...")`. `body` is the subgraph of a fused
+    group (`fused` op, see `ir/ops/fused.py`): its inputs are this node's inputs and
+    its outputs this node's outputs.
     """
     op: str
     inputs: tuple[Value, ...]
     attrs: dict[str, Any]
     outputs: tuple[Value, ...] = ()
     source: str | None = None
+    body: "Graph | None" = None
 
     @property
     def opdef(self) -> registry.OpDef:
@@ -142,8 +145,9 @@ class Graph:
     def add_node(self, op: str, inputs: Sequence[Value], attrs: Mapping[str, Any] | None = None,
                  *, name: str | None = None, output_types: Sequence[TensorType] | None = None,
                  output_names: Sequence[str] | None = None, source: str | None = None,
-                 index: int | None = None) -> Node:
-        """Append (or insert at `index`) a node; output types are inferred unless given.
+                 index: int | None = None, body: "Graph | None" = None) -> Node:
+        """Append (or insert at `index`) a node; output types are inferred unless given
+        (a node with a `body` has its body's output types).
 
         Output names are `output_names` exactly, or come from `name` (default: the op
         name) made unique.
@@ -155,9 +159,13 @@ class Graph:
             if not isinstance(v, Value):
                 raise TypeInferenceError(f"op '{op}': input {v!r} is not a kiln Value")
         attrs = opdef.normalize_attrs(attrs or {})
+        if (body is not None) != (registry.HAS_BODY in opdef.traits):
+            raise VerifyError(f"op '{op}' " + ("takes a body graph" if body is None else
+                                               "takes no body graph"), rule="body")
         if output_types is None:
-            output_types = opdef.infer_types([v.type for v in inputs], attrs)
-        node = Node(op, tuple(inputs), attrs, source=source)
+            output_types = (body_types([v.type for v in inputs], body) if body is not None
+                            else opdef.infer_types([v.type for v in inputs], attrs))
+        node = Node(op, tuple(inputs), attrs, source=source, body=body)
         hint = name or op
         if output_names is None:  # fresh names, also distinct from each other
             taken = set(self._names)
@@ -193,6 +201,14 @@ class Graph:
                 new.users.append(user)
         old.users.clear()
         self.outputs = [new if v is old else v for v in self.outputs]
+
+    def rename(self, value: Value, name: str) -> None:
+        """Give `value` (of this graph) the free name `name`."""
+        if value.name == name:
+            return
+        self._claim(name)
+        self._names.discard(value.name)
+        value.name = name
 
     def erase_node(self, node: Node) -> None:
         """Remove a node whose outputs are unused."""
@@ -237,6 +253,16 @@ class Graph:
     __str__ = __repr__
 
 
+def body_types(input_types: Sequence[TensorType], body: Graph) -> tuple[TensorType, ...]:
+    """The output types of a node with `body` on inputs of `input_types`: the body's
+    output types, once its inputs are seen to match (same count, same types)."""
+    declared = [v.type for v in body.inputs]
+    if list(input_types) != declared:
+        raise TypeInferenceError(f"body graph {body.name} takes {declared}, "
+                                 f"the node gives it {list(input_types)}")
+    return tuple(v.type for v in body.outputs)
+
+
 def _attr_key(value: Any) -> Any:
     """An attribute value for comparison: NaN equals NaN, -0.0 differs from 0.0."""
     if isinstance(value, float):
@@ -254,7 +280,8 @@ def graphs_equal(a: Graph, b: Graph, *, compare_constants: bool = True) -> bool:
                 tuple((v.name, v.type) for v in g.inputs),
                 tuple((n.op, tuple(v.name for v in n.inputs),
                        tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items())),
-                       tuple((v.name, v.type) for v in n.outputs), n.source) for n in g.nodes),
+                       tuple((v.name, v.type) for v in n.outputs), n.source,
+                       sig(n.body) if n.body is not None else None) for n in g.nodes),
                 tuple(v.name for v in g.outputs))
     if sig(a) != sig(b):
         return False

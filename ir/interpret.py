@@ -4,7 +4,8 @@ every test and of the fuzzer.
     interpret(graph, inputs)
       -> bind each input (check dtype, check shape, bind symbolic dims)
       -> for node in graph.nodes: run registry[node.op].reference
-         (constant nodes read the graph's constant table)
+         (constant nodes read the graph's constant table; a fused node
+          interprets its body graph on its inputs)
       -> check every result against its node's declared type
       -> return the graph outputs, in order, as NumPy arrays
 """
@@ -83,6 +84,8 @@ def interpret(graph: Graph, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarr
     for node in graph.nodes:
         if node.op == "constant":
             results: tuple[np.ndarray, ...] = (graph.constants[node.attrs["ref"]],)
+        elif node.body is not None:
+            results = tuple(interpret(node.body, [env[id(v)] for v in node.inputs]))
         else:
             opdef = registry.get_op(node.op)
             args = [env[id(v)] for v in node.inputs]

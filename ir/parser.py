@@ -9,6 +9,7 @@ that runs to the end of the line):
     dim        ::= INT | EXPR                  (EXPR: an integer expression over symbols,
                                                 e.g. batch*seq, floor((h - 1)/2) + 1)
     node       ::= value-def ("," value-def)* "=" OP "(" [VALUE ("," VALUE)*] ")" [attrs] [loc]
+                   [graph]                     (the body: only, and always, for a fused node)
     attrs      ::= "{" attr ("," attr)* "}"
     attr       ::= NAME "=" attr-value         (the op's schema gives the kind)
     attr-value ::= INT | FLOAT | "true" | "false" | STRING | DTYPE | "none"
@@ -35,7 +36,7 @@ import numpy as np
 from ..errors import KilnError, ParseError
 from . import registry, symbolic
 from .dtypes import ALL_DTYPES, from_numpy
-from .graph import Graph, Value
+from .graph import Graph, Value, body_types
 from .types import TensorType
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -108,10 +109,25 @@ class _Parser:
 
     # --- rules -----------------------------------------------------------------------
     def parse_graph(self) -> Graph:
-        """graph ::= "graph" NAME "(" [value-def ("," value-def)*] ")" "{" node* return "}" """
-        if not self.parse_optional_keyword("graph"):
+        """A whole `.kir` text: one graph, then nothing but whitespace and comments."""
+        self.skip()
+        if not self.text.startswith("graph", self.pos):
             raise self.error(f"expected 'graph' at the start of a .kir file, found {self.found()}")
+        graph = self.parse_graph_def()
+        self.skip()
+        if self.pos != len(self.text):
+            raise self.error(f"unexpected text after the graph: {self.found()}")
+        return graph
+
+    def parse_graph_def(self) -> Graph:
+        """graph ::= "graph" NAME "(" [value-def ("," value-def)*] ")" "{" node* return "}"
+
+        A body graph (of a fused node) has a scope of its own: it sees only its inputs."""
+        if not self.parse_optional_keyword("graph"):
+            raise self.error(f"expected 'graph', found {self.found()}")
+        outer = self.graph, self.scope
         self.graph = graph = Graph(self.match(_NAME, "a graph name").group())
+        self.scope = {}
         self.expect("(")
         if not self.parse_optional_literal(")"):
             while True:
@@ -132,9 +148,7 @@ class _Parser:
             outputs.append(self.parse_use())
         graph.set_outputs(outputs)
         self.expect("}", "'}' after the return line")
-        self.skip()
-        if self.pos != len(self.text):
-            raise self.error(f"unexpected text after the graph: {self.found()}")
+        self.graph, self.scope = outer
         return graph
 
     def parse_value_def(self) -> tuple[str, TensorType]:
@@ -202,7 +216,8 @@ class _Parser:
             raise self.error(f"%{name} is defined twice", pos)
 
     def parse_node(self) -> None:
-        """node ::= value-def ("," value-def)* "=" OP "(" [VALUE ("," VALUE)*] ")" [attrs] [loc]"""
+        """node ::= value-def ("," value-def)* "=" OP "(" [VALUE ("," VALUE)*] ")" [attrs] [loc]
+                  [graph]"""
         graph = self.graph
         assert graph is not None
         defs: list[tuple[str, TensorType, int]] = []
@@ -241,17 +256,29 @@ class _Parser:
                 raise self.error("a constant takes no inputs", op_pos)
             self.add_constant(defs, attrs, source, op_pos)
             return
+        body = None
+        if registry.HAS_BODY in opdef.traits:
+            self.skip()
+            body_pos = self.pos
+            if not self.peek("graph"):
+                raise self.error(f"expected the body graph of '{op}' ('graph NAME(...) {{...}}'), "
+                                 f"found {self.found()}")
+            body = self.parse_graph_def()
         try:
             node_attrs = opdef.normalize_attrs(attrs)
-            inferred = opdef.infer_types([v.type for v in inputs], node_attrs)
+            if body is None:
+                inferred = opdef.infer_types([v.type for v in inputs], node_attrs)
+            else:
+                opdef.check_arity(len(inputs))
+                inferred = body_types([v.type for v in inputs], body)
         except KilnError as e:
-            raise self.error(str(e), op_pos) from None
+            raise self.error(str(e), op_pos if body is None else body_pos) from None
         declared = tuple(t for _, t, _ in defs)
         if declared != inferred:
             raise self.error(f"declared result type(s) {list(declared)} differ from what "
                              f"'{op}' infers: {list(inferred)}", defs[0][2])
         node = graph.add_node(op, inputs, node_attrs, output_types=declared,
-                              output_names=[n for n, _, _ in defs], source=source)
+                              output_names=[n for n, _, _ in defs], source=source, body=body)
         for v in node.outputs:
             self.scope[v.name] = v
 

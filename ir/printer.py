@@ -82,17 +82,27 @@ def format_value_def(v: Value) -> str:
     return f"%{v.name}: {format_type(v.type)}"
 
 
-def format_node(node: Node, *, locations: bool = True) -> str:
+def format_node(node: Node, *, locations: bool = True, indent: str = "") -> str:
+    """The node's text; a fused node's body follows on the next lines, indented by
+    two more spaces than `indent` (the node's own indentation)."""
     outs = ", ".join(format_value_def(v) for v in node.outputs)
     args = ", ".join(f"%{v.name}" for v in node.inputs)
     loc = f" loc({json.dumps(node.source)})" if locations and node.source is not None else ""
-    return f"{outs} = {node.op}({args}){format_attrs(node)}{loc}"
+    body = ""
+    if node.body is not None:
+        body = " " + "\n".join(_graph_lines(node.body, locations, indent))
+    return f"{outs} = {node.op}({args}){format_attrs(node)}{loc}{body}"
+
+
+def _graph_lines(graph: Graph, locations: bool, indent: str) -> list[str]:
+    inner = indent + "  "
+    lines = [f"graph {graph.name}({', '.join(format_value_def(v) for v in graph.inputs)}) {{"]
+    lines += [inner + format_node(n, locations=locations, indent=inner) for n in graph.nodes]
+    lines.append(inner + "return " + ", ".join(f"%{v.name}" for v in graph.outputs))
+    lines.append(indent + "}")
+    return lines
 
 
 def print_graph(graph: Graph, *, locations: bool = True) -> str:
     """The graph's `.kir` text (ends with a newline)."""
-    lines = [f"graph {graph.name}({', '.join(format_value_def(v) for v in graph.inputs)}) {{"]
-    lines += [f"  {format_node(n, locations=locations)}" for n in graph.nodes]
-    lines.append("  return " + ", ".join(f"%{v.name}" for v in graph.outputs))
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(_graph_lines(graph, locations, "")) + "\n"

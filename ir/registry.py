@@ -28,9 +28,12 @@ ELEMENTWISE = "elementwise"    # out[i] = f(in0[i], in1[i], ...) after broadcast
 COMMUTATIVE = "commutative"    # f(a, b) == f(b, a)
 REDUCTION = "reduction"        # reduces one or more axes (softmax/norms included)
 LAYOUT = "layout"              # moves data without arithmetic (reshape, transpose, ...)
+VIEW = "view"                  # output = the input's row-major storage under a new shape
+                               # (reshape, squeeze, unsqueeze): no kernel, no copy (`is_view`)
 CREATION = "creation"          # no tensor inputs (full, arange, constant)
 CONTRACTION = "contraction"    # matmul-like: the compute-heavy ops
 COMPARISON = "comparison"      # returns bool
+HAS_BODY = "body"              # semantics and types come from the node's body graph (fused)
 
 REQUIRED = object()  # default of an attribute that must be given
 
@@ -256,6 +259,12 @@ def all_ops() -> dict[str, OpDef]:
 def ops_with(trait: str) -> frozenset[str]:
     """Names of the ops that have `trait` (e.g. `ops_with(ELEMENTWISE)`)."""
     return frozenset(name for name, op in _REGISTRY.items() if trait in op.traits)
+
+
+def is_view(node: Any) -> bool:
+    """True when `node` (a `Node`) needs no kernel: a VIEW op whose input is stored one
+    element per unit (a packed int4 reshape would move nibbles between bytes)."""
+    return VIEW in get_op(node.op).traits and not node.inputs[0].type.dtype.packed
 
 
 def register_lowering(op: str, backend: str) -> Callable[[Callable], Callable]:

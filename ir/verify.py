@@ -11,13 +11,16 @@ Rules (each error names the node and the rule):
   constant-table    a constant node's `ref` exists and its array matches the type
   outputs           graph outputs are defined values; the graph has at least one
   graph-name        the graph's name is a NAME of the .kir grammar (so its text parses)
+  body              a fused node has a body graph (valid by these rules) that takes the
+                    node's input types, holds no constants and no fused nodes; other
+                    nodes have no body
 """
 from __future__ import annotations
 
 from ..errors import KilnError, VerifyError
 from . import registry
 from .dtypes import from_numpy
-from .graph import GRAPH_NAME_PATTERN, Graph, Node, Value
+from .graph import GRAPH_NAME_PATTERN, Graph, Node, Value, body_types
 from .types import TensorType
 
 
@@ -79,6 +82,8 @@ def verify(graph: Graph) -> None:
                         "build nodes with Graph.add_node, which fills defaults")
         if node.op == "constant":
             expected = _constant_type(graph, node)
+        elif registry.HAS_BODY in opdef.traits or node.body is not None:
+            expected = _body_types(graph, node)
         else:
             try:
                 expected = opdef.infer_types([v.type for v in node.inputs], node.attrs)
@@ -108,6 +113,25 @@ def verify(graph: Graph) -> None:
             raise _fail(graph, v.producer, "use-lists",
                         f"the users recorded for %{v.name} differ from the nodes that read it",
                         "edit inputs only through Graph methods (replace_all_uses_with, ...)")
+
+
+def _body_types(graph: Graph, node: Node) -> tuple[TensorType, ...]:
+    body = node.body
+    if body is None or registry.HAS_BODY not in registry.get_op(node.op).traits:
+        raise _fail(graph, node, "body", f"op '{node.op}' " + (
+            "needs a body graph" if body is None else "takes no body graph"))
+    try:
+        verify(body)
+    except VerifyError as e:
+        raise _fail(graph, node, "body", f"its body is invalid: {e}") from None
+    nested = [n for n in body.nodes if n.op == "constant" or n.body is not None]
+    if nested:
+        raise _fail(graph, node, "body", f"its body holds {nested[0].op} node(s)",
+                    "weights enter a fused group as inputs; fused groups do not nest")
+    try:
+        return body_types([v.type for v in node.inputs], body)
+    except KilnError as e:
+        raise _fail(graph, node, "body", str(e)) from None
 
 
 def _constant_type(graph: Graph, node: Node) -> tuple[TensorType, ...]:

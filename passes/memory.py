@@ -1,41 +1,240 @@
-"""Memory planning: liveness-based reuse of the buffers that hold intermediate values.
+"""Memory planning: liveness-based reuse of the buffers that hold intermediate values,
+views instead of copies for reshape-like ops, and in-place elementwise steps.
 
 Given a `Plan` whose steps are in execution order, `plan_memory` assigns every
-intermediate (a step output that is not a graph output; graph inputs are the caller's,
-constants are the weights', and graph outputs get fresh arrays on every call because
-they are returned) to a *slot*. Values whose lifetimes (`Plan.lifetimes`: defining step
-to last reading step) do not overlap may share a slot; a slot is as large as its
-largest value. Dims may be symbolic, so a slot's size is evaluated per binding at run
-time (`Plan.slot_bytes`); the planner decides with a *representative* size, the bytes
-under `representative` bindings (default: every symbol = `REPRESENTATIVE_DIM`).
+intermediate (a step output that is not returned: graph inputs are the caller's,
+constants are the weights', and the values graph outputs are, directly or through a
+view, get fresh arrays on every call) to a *slot*. Values whose lifetimes
+(`Plan.lifetimes`: defining step to the last step reading it or a view of it) do not
+overlap may share a slot; a slot is as large as its largest value. Dims may be
+symbolic, so a slot's size is evaluated per binding at run time (`Plan.slot_bytes`);
+the planner decides with a *representative* size, the bytes under `representative`
+bindings (default: every symbol = `REPRESENTATIVE_DIM`).
 
-The algorithm is greedy best-fit in execution order: at each step, release the slots
-of values last read by an earlier step, then give each new output the smallest free
-slot at least as large as it; if none is, grow the largest free slot; if no slot is
-free, open a new one.
+The algorithm (`assign_slots`) is greedy best-fit in execution order: at each step,
+release the slots of values last read by an earlier step; then give each new output
 
-This is pure data work: it imports only the plan dataclasses (and `kiln.runtime.dims`
-through them), never a backend. `memory_report` states what the plan saves.
+1. the slot of an input it may overwrite (a *candidate*: the compiler names them, see
+   `inplace_candidates`) if that input's storage is an intermediate whose last read is
+   this step, and the step reads that storage only with the output's dtype and shape —
+   the output is then written *in place* (`Plan.inplace`);
+2. else the smallest free slot at least as large as it; if none is, the largest free
+   slot, grown; if no slot is free, a new one.
+
+On the graph, the `plan` pass (`PlanMemory`) does this over the nodes that become
+kernels, in order: constants are weights, views (`kiln.ir.registry.is_view`: reshape,
+squeeze, unsqueeze) become `Plan.aliases`, and the values inside a fused group's body
+never get buffers (the group is one kernel). Candidates are the inputs of an
+elementwise node (or of a fused group whose body is all elementwise) with the output's
+type. The pass stores its result as `graph.memory_plan` (a `MemoryPlan`), which
+`kiln.compiler.make_plan` applies to the plan of the built kernels; a pass that edits
+the graph after `plan` makes it stale, and `make_plan` says so.
+
+`memory_report` states the peak intermediate memory a plan allocates under given
+bindings, against one buffer per value. This module imports kiln.ir, the pass manager
+and the plan dataclasses, never a backend.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Mapping
+from typing import ClassVar, Mapping, Sequence
 
-from ..runtime.plan import Plan
+from ..errors import KilnError
+from ..ir import Graph, Node
+from ..ir.registry import ELEMENTWISE, get_op, is_view
+from ..runtime.plan import Plan, Port, Signature, Step, TensorSpec
+from .manager import Pass, PassReport, register_pass
 
 REPRESENTATIVE_DIM = 64
 
 
+# --- planning a Plan ----------------------------------------------------------------------
+def representative_bindings(plan: Plan, given: Mapping[str, int] | None = None) -> dict[str, int]:
+    """`given`, plus `REPRESENTATIVE_DIM` for every other bindable symbol."""
+    given = dict(given or {})
+    return {s: given.get(s, REPRESENTATIVE_DIM) for s in plan.bindable_symbols()} | given
+
+
+def assign_slots(plan: Plan, representative: Mapping[str, int] | None = None,
+                 candidates: Mapping[str, Sequence[str]] | None = None
+                 ) -> tuple[dict[str, int], dict[str, str]]:
+    """(intermediate value -> slot id, in-place output -> the input it overwrites), by
+    greedy best-fit with in-place reuse (see the module docstring). `candidates` maps a
+    step output to the inputs its op may overwrite, in order of preference."""
+    candidates = candidates or {}
+    bindings = representative_bindings(plan, representative)
+    live = plan.lifetimes()
+    slotted = set(plan.intermediates)
+    slot_size: list[int] = []
+    free: set[int] = set()
+    holder: dict[int, str] = {}                # slot -> the value in it now
+    release_at: dict[int, list[str]] = {}      # step -> values whose last read was before it
+    memory: dict[str, int] = {}
+    inplace: dict[str, str] = {}
+    for i, step in enumerate(plan.steps):
+        for v in release_at.pop(i, ()):
+            if holder[memory[v]] == v:         # not taken over by an in-place output
+                free.add(memory[v])
+        for v in step.outputs:
+            if v not in slotted:
+                continue
+            size = plan.values[v].nbytes(bindings)
+            source = _inplace_source(plan, i, v, candidates.get(v, ()), memory, live, holder)
+            if source is not None:
+                slot = memory[plan.root(source)]
+                inplace[v] = source
+            else:
+                fits = [s for s in free if slot_size[s] >= size]
+                if fits:
+                    slot = min(fits, key=lambda s: (slot_size[s], s))
+                elif free:
+                    slot = max(free, key=lambda s: (slot_size[s], -s))
+                    slot_size[slot] = size
+                else:
+                    slot = len(slot_size)
+                    slot_size.append(size)
+            free.discard(slot)
+            holder[slot] = v
+            memory[v] = slot
+            release_at.setdefault(live[v][1] + 1, []).append(v)
+    return memory, inplace
+
+
+def _inplace_source(plan: Plan, i: int, out: str, sources: Sequence[str],
+                    memory: Mapping[str, int], live: Mapping[str, tuple[int, int]],
+                    holder: Mapping[int, str]) -> str | None:
+    """The first candidate input step `i` may overwrite with `out`, or None."""
+    step = plan.steps[i]
+    for source in sources:
+        root = plan.root(source)
+        if (source in step.inputs and root in memory and live[root][1] == i
+                and holder[memory[root]] == root          # no other output took it here
+                and all(plan.values[v] == plan.values[out]
+                        for v in step.inputs if plan.root(v) == root)):
+            return source
+    return None
+
+
+def plan_memory(plan: Plan, representative: Mapping[str, int] | None = None,
+                candidates: Mapping[str, Sequence[str]] | None = None) -> Plan:
+    """The plan with its `memory` and `inplace` filled by `assign_slots` (validated)."""
+    memory, inplace = assign_slots(plan, representative, candidates)
+    return dataclasses.replace(plan, memory=memory, inplace=inplace).validate()
+
+
+# --- the graph side -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What the `plan` pass leaves on `graph.memory_plan` for `compiler.make_plan`:
+    the slots, in-place outputs and views of the graph's values, and the outputs of
+    each kernel step it planned (to tell a stale plan from a current one)."""
+    memory: dict[str, int]
+    inplace: dict[str, str]
+    aliases: dict[str, str]
+    steps: tuple[tuple[str, ...], ...]
+
+    def apply(self, plan: Plan) -> Plan:
+        """`plan` (built from the same graph) with this memory plan, validated."""
+        if (tuple(s.outputs for s in plan.steps) != self.steps
+                or dict(plan.aliases) != self.aliases):
+            raise KilnError(f"graph {plan.name}: its memory plan (graph.memory_plan, from the "
+                            "`plan` pass) no longer matches its nodes; a pass changed the "
+                            "graph after `plan` — put `plan` last in the pipeline")
+        return dataclasses.replace(plan, memory=self.memory, inplace=self.inplace).validate()
+
+
+def graph_plan(graph: Graph, steps: Sequence[Step] | None = None) -> Plan:
+    """The plan of `graph` without memory: signature, every value's spec, constants,
+    views as aliases, and `steps` (default: one per kernel node, named by its op)."""
+    def spec(v) -> TensorSpec:
+        return TensorSpec(v.type.dtype.name, v.type.shape)
+
+    def port(v) -> Port:
+        return Port(v.name, v.type.dtype.name, v.type.shape)
+
+    if steps is None:
+        steps = [Step(n.op, [v.name for v in n.inputs], [v.name for v in n.outputs],
+                      n.format()) for n in kernel_nodes(graph)]
+    return Plan(
+        signature=Signature(tuple(port(v) for v in graph.inputs),
+                            tuple(port(v) for v in graph.outputs)),
+        values={v.name: spec(v) for v in graph.values()},
+        constants={n.outputs[0].name: n.attrs["ref"] for n in graph.nodes if n.op == "constant"},
+        steps=tuple(steps), name=graph.name,
+        aliases={n.output.name: n.inputs[0].name for n in graph.nodes if is_view(n)})
+
+
+def kernel_nodes(graph: Graph) -> list[Node]:
+    """The nodes that run a kernel, in order: all but constants and views."""
+    return [n for n in graph.nodes if n.op != "constant" and not is_view(n)]
+
+
+def _elementwise(node: Node) -> bool:
+    """An elementwise op, or a fused group whose body is all elementwise."""
+    if node.body is not None:
+        return all(_elementwise(n) for n in node.body.nodes if n.op != "constant")
+    return ELEMENTWISE in get_op(node.op).traits
+
+
+def inplace_candidates(graph: Graph) -> dict[str, tuple[str, ...]]:
+    """Output -> the inputs it may overwrite: the inputs of the same type (no
+    broadcasting, same dtype) of a one-output elementwise kernel node."""
+    found = {}
+    for node in kernel_nodes(graph):
+        if len(node.outputs) == 1 and _elementwise(node):
+            same = tuple(dict.fromkeys(v.name for v in node.inputs if v.type == node.output.type))
+            if same:
+                found[node.output.name] = same
+    return found
+
+
+def plan_graph_memory(graph: Graph, representative: Mapping[str, int] | None = None
+                      ) -> tuple[MemoryPlan, Plan]:
+    """Plan the memory of `graph`'s kernel nodes; returns the `MemoryPlan` and the
+    planned (kernel-less) plan it came from."""
+    plan = plan_memory(graph_plan(graph), representative, inplace_candidates(graph))
+    return MemoryPlan(dict(plan.memory), dict(plan.inplace), dict(plan.aliases),
+                      tuple(s.outputs for s in plan.steps)), plan
+
+
+@register_pass
+@dataclass(frozen=True)
+class PlanMemory(Pass):
+    """Plan intermediate memory: slots by liveness, views, in-place elementwise steps.
+
+    Leaves the graph's nodes as they are and stores the result as `graph.memory_plan`
+    (a `MemoryPlan`) for `kiln.compiler.make_plan`; run it last. `dim` is the size every
+    symbolic dim takes when sizes are compared; the report gives the peak intermediate
+    bytes at that size."""
+    name: ClassVar[str] = "plan"
+    dim: int = REPRESENTATIVE_DIM
+
+    def run(self, graph: Graph) -> PassReport:
+        dims = {s: self.dim for s in graph.symbols}
+        memory_plan, plan = plan_graph_memory(graph, dims)
+        graph.memory_plan = memory_plan   # type: ignore[attr-defined]
+        report = memory_report(plan, representative_bindings(plan, dims))
+        bindings = ", ".join(f"{k}={v}" for k, v in report.bindings.items())
+        return PassReport(changed=False, counts={
+            "kernels": len(plan.steps), "intermediates": report.intermediates,
+            "slots": report.slots, "inplace": report.inplace, "views": report.views,
+            "peak_bytes": report.planned_bytes, "unplanned_bytes": report.unplanned_bytes},
+            notes=(f"bytes at {bindings}",) if bindings else ())
+
+
+# --- reporting ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MemoryReport:
     """Bytes of intermediate storage under one binding of the symbols."""
     bindings: dict[str, int]
     intermediates: int       # values that live in slots
     slots: int
-    planned_bytes: int       # sum of slot sizes: what the runtime allocates
+    views: int               # values that are views (no storage of their own)
+    inplace: int             # steps that write over an input
+    planned_bytes: int       # sum of slot sizes: the peak intermediate memory allocated
     unplanned_bytes: int     # sum of every intermediate's size: one buffer each
+    live_peak_bytes: int     # the most intermediate bytes live at one step: a lower bound
 
     @property
     def saved_bytes(self) -> int:
@@ -43,55 +242,22 @@ class MemoryReport:
 
     def __str__(self) -> str:
         ratio = self.planned_bytes / self.unplanned_bytes if self.unplanned_bytes else 1.0
-        return (f"memory plan: {self.intermediates} intermediates in {self.slots} slots, "
-                f"{self.planned_bytes} bytes instead of {self.unplanned_bytes} "
-                f"({ratio:.0%}) at {self.bindings}")
-
-
-def representative_bindings(plan: Plan, given: Mapping[str, int] | None = None) -> dict[str, int]:
-    """`given`, plus `REPRESENTATIVE_DIM` for every other bindable symbol."""
-    given = dict(given or {})
-    return {s: given.get(s, REPRESENTATIVE_DIM) for s in plan.bindable_symbols()} | given
-
-
-def assign_slots(plan: Plan, representative: Mapping[str, int] | None = None) -> dict[str, int]:
-    """Intermediate value -> slot id, by greedy best-fit (see the module docstring)."""
-    bindings = representative_bindings(plan, representative)
-    live = plan.lifetimes()
-    outputs = set(plan.output_names)
-    size = {v: plan.values[v].nbytes(bindings) for v in plan.intermediates}
-    slot_size: list[int] = []
-    free: set[int] = set()
-    release_at: dict[int, list[int]] = {}   # step -> slots that become free at its start
-    memory: dict[str, int] = {}
-    for i, step in enumerate(plan.steps):
-        free.update(release_at.pop(i, ()))
-        for v in step.outputs:
-            if v in outputs:
-                continue
-            fits = [s for s in free if slot_size[s] >= size[v]]
-            if fits:
-                slot = min(fits, key=lambda s: (slot_size[s], s))
-            elif free:
-                slot = max(free, key=lambda s: (slot_size[s], -s))
-                slot_size[slot] = size[v]
-            else:
-                slot = len(slot_size)
-                slot_size.append(size[v])
-            free.discard(slot)
-            memory[v] = slot
-            release_at.setdefault(live[v][1] + 1, []).append(slot)
-    return memory
-
-
-def plan_memory(plan: Plan, representative: Mapping[str, int] | None = None) -> Plan:
-    """The plan with its `memory` filled by `assign_slots` (and validated)."""
-    return dataclasses.replace(plan, memory=assign_slots(plan, representative)).validate()
+        return (f"memory plan: {self.intermediates} intermediates in {self.slots} slots "
+                f"({self.inplace} in place, {self.views} views), peak {self.planned_bytes:,} "
+                f"bytes vs {self.unplanned_bytes:,} one buffer each ({ratio:.0%}; at least "
+                f"{self.live_peak_bytes:,} live at once) at {self.bindings}")
 
 
 def memory_report(plan: Plan, bindings: Mapping[str, int]) -> MemoryReport:
     """What `plan.memory` allocates under `bindings`, against one buffer per value."""
     bindings = dict(bindings)
-    return MemoryReport(bindings, len(plan.memory), plan.num_slots,
-                        sum(plan.slot_bytes(bindings)),
-                        sum(plan.values[v].nbytes(bindings) for v in plan.memory))
+    size = {v: plan.values[v].nbytes(bindings) for v in plan.memory}
+    live = plan.lifetimes()
+    at_step: list[dict[int, int]] = [{} for _ in plan.steps]   # step -> slot -> bytes live
+    for v, slot in plan.memory.items():
+        start, end = live[v]
+        for i in range(start, end + 1):
+            at_step[i][slot] = max(at_step[i].get(slot, 0), size[v])
+    return MemoryReport(bindings, len(plan.memory), plan.num_slots, len(plan.aliases),
+                        len(plan.inplace), sum(plan.slot_bytes(bindings)), sum(size.values()),
+                        max((sum(s.values()) for s in at_step), default=0))

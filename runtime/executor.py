@@ -14,12 +14,16 @@ A call goes  prepare -> run:
   64-byte aligned, which TVM's kernels require.
 - `run` looks up the memory for this binding of the symbols — the plan's slots,
   allocated on the first call at that binding and cached (LRU, `max_cached_bindings`)
-  together with their tensor wrappers — allocates fresh aligned arrays for the graph
-  outputs, and calls each step's kernel with its inputs then its outputs.
+  together with their tensor wrappers and the views of slots and constants —
+  allocates fresh aligned arrays for the values the graph returns, makes the views of
+  inputs and of those arrays, and calls each step's kernel with its inputs then its
+  outputs. An in-place step simply gets the same slot for an input and its output.
 
-Constants are taken from `weights` once, as 64-byte aligned arrays (copied only if
-they are not already). A graph output that is directly an input or a constant is
-returned as a copy. Calls are serialised by a lock (the slots are shared). Errors are
+A view (`Plan.aliases`) is its root's array reshaped: no kernel, no copy. Constants
+are taken from `weights` once, as 64-byte aligned arrays (copied only if they are
+not already). Every returned array is the caller's own: a graph output that is (a
+view of) an input or a constant, or that shares its storage with an earlier output,
+is returned as a copy. Calls are serialised by a lock (the slots are shared). Errors are
 `RuntimeInputError` (naming the input), `KernelError` (naming the kernel and its
 source) and `ArtifactError` (a plan or library that cannot run).
 """
@@ -54,8 +58,10 @@ class Prepared:
 class _Memory:
     """Everything allocated for one binding of the symbols."""
     slots: list[np.ndarray]
-    tensors: dict[str, Any]                       # intermediate value -> tensor in its slot
-    outputs: list[tuple[str, tuple[int, ...], np.dtype]]  # step-made outputs to allocate
+    tensors: dict[str, Any]        # intermediate or view of one or of a constant -> tensor
+    outputs: list[tuple[str, tuple[int, ...], np.dtype]]  # returned step outputs to allocate
+    views: list[tuple[str, str, tuple[int, ...]]]  # per call: (view, its root, its shape)
+    shapes: dict[str, tuple[int, ...]]             # storage shape of every view
 
 
 class Executor:
@@ -80,8 +86,8 @@ class Executor:
         self._dtypes = [dtypes.numpy_dtype(p.dtype) for p in self._ports]
         self._static = [dtypes.storage_shape(p.dtype, tuple(  # static dims as stored
             d if isinstance(d, int) else 1 for d in p.shape)) for p in self._ports]
-        made = {v for s in plan.steps for v in s.outputs}
-        self._made_outputs = [v for v in dict.fromkeys(plan.output_names) if v in made]
+        self._returned = plan.returned
+        self._roots = {v: plan.root(v) for v in plan.aliases}
         self._cache: OrderedDict[tuple[int, ...], _Memory] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -134,6 +140,9 @@ class Executor:
             for name, shape, dtype in memory.outputs:
                 made[name] = aligned_empty(shape, dtype)
                 env[name] = ffi.to_tensor(made[name])
+            for view, root, shape in memory.views:
+                env[view] = ffi.to_tensor(_reshaped(self._array(root, prepared, made), shape,
+                                                    view, root))
             for i, step, kernel in self._steps:
                 try:
                     kernel(*[env[v] for v in step.args])
@@ -141,21 +150,30 @@ class Executor:
                     where = f"\n  compiled from: {step.source}" if step.source else ""
                     raise KernelError(f"kernel {step.kernel!r} (step {i} of plan "
                                       f"{self.plan.name!r}) failed: {e}{where}") from e
-        return self._results(prepared, made)
+        return self._results(prepared, made, memory.shapes)
 
-    def _results(self, prepared: Prepared, made: dict[str, np.ndarray]) -> list[np.ndarray]:
-        inputs = dict(zip(self.plan.input_names, prepared.tensors))
+    def _array(self, name: str, prepared: Prepared, made: dict[str, np.ndarray]) -> np.ndarray:
+        """The array of a graph input, a constant or a returned step output."""
+        if name in made:
+            return made[name]
+        if name in self._constants:
+            return self._constants[name]
+        return ffi.to_numpy(prepared.tensors[self.plan.input_names.index(name)])
+
+    def _results(self, prepared: Prepared, made: dict[str, np.ndarray],
+                 shapes: dict[str, tuple[int, ...]]) -> list[np.ndarray]:
+        """Each output as an array of its own: a fresh step output (or a view of one)
+        the first time its storage is returned, else a copy."""
         results, returned = [], set()
         for name in self.plan.output_names:
-            if name in made and name not in returned:
-                results.append(made[name])
-            elif name in made:                      # the same value returned twice
-                results.append(made[name].copy())
-            elif name in inputs:
-                results.append(ffi.to_numpy(inputs[name]).copy())
-            else:
-                results.append(self._constants[name].copy())
-            returned.add(name)
+            root = self._roots.get(name, name)
+            array = self._array(root, prepared, made)
+            if name != root:
+                array = _reshaped(array, shapes[name], name, root)
+            if root not in made or root in returned:
+                array = array.copy()
+            results.append(array)
+            returned.add(root)
         return results
 
     # --- inputs ------------------------------------------------------------------------
@@ -271,7 +289,7 @@ class Executor:
             self._cache.move_to_end(key)
             return memory
         shapes = {}
-        for name in [*self.plan.memory, *self._made_outputs]:
+        for name in [*self.plan.memory, *self._returned, *self.plan.aliases]:
             spec = self.plan.values[name]
             try:
                 shape = spec.concrete_shape(bindings)
@@ -285,15 +303,31 @@ class Executor:
             shapes[name] = dtypes.storage_shape(spec.dtype, shape)
         sizes = self.plan.slot_bytes(bindings)
         slots = [aligned_empty((n,), np.uint8) for n in sizes]
-        tensors = {}
+        arrays = dict(self._constants)
         for name, slot in self.plan.memory.items():
             dtype = dtypes.numpy_dtype(self.plan.values[name].dtype)
             nbytes = int(np.prod(shapes[name])) * dtype.itemsize
-            tensors[name] = ffi.to_tensor(slots[slot][:nbytes].view(dtype).reshape(shapes[name]))
+            arrays[name] = slots[slot][:nbytes].view(dtype).reshape(shapes[name])
+        tensors = {name: ffi.to_tensor(arrays[name]) for name in self.plan.memory}
+        views = []
+        for view, root in self._roots.items():
+            if root in arrays:                 # a slot or a constant: fixed for this binding
+                tensors[view] = ffi.to_tensor(_reshaped(arrays[root], shapes[view], view, root))
+            else:                              # an input or a returned value: new each call
+                views.append((view, root, shapes[view]))
         outputs = [(n, shapes[n], dtypes.numpy_dtype(self.plan.values[n].dtype))
-                   for n in self._made_outputs]
-        memory = _Memory(slots, tensors, outputs)
+                   for n in self._returned]
+        memory = _Memory(slots, tensors, outputs, views, {v: shapes[v] for v in self._roots})
         self._cache[key] = memory
         while len(self._cache) > self.max_cached_bindings:
             self._cache.popitem(last=False)
         return memory
+
+
+def _reshaped(array: np.ndarray, shape: tuple[int, ...], view: str, root: str) -> np.ndarray:
+    """`array` (contiguous) under `shape`, without a copy; ArtifactError if the sizes
+    differ (a plan whose view does not fit its storage)."""
+    if array.size != int(np.prod(shape)):
+        raise ArtifactError(f"view %{view} {list(shape)} does not fit its storage %{root} "
+                            f"{list(array.shape)}: the plan's aliases are wrong")
+    return array.reshape(shape)

@@ -5,7 +5,8 @@
 - making TVM's runtime library (`libtvm_runtime.so`, shipped in the apache-tvm wheel)
   available to kernel libraries: their parallel loops call `TVMBackendParallelLaunch`
   through a pointer the loader fills from the global symbol table, so it is loaded
-  with RTLD_GLOBAL, found on `sys.path` *without importing tvm*;
+  with RTLD_GLOBAL, found on `sys.path` *without importing tvm*; and configuring its
+  thread pool before it starts (`ensure_tvm_runtime`: every core, no spinning);
 - loading a kernel library and looking up its functions;
 - zero-copy conversion between NumPy arrays, DLPack tensors (torch) and
   `tvm_ffi.Tensor`, including bfloat16, which NumPy cannot export through DLPack:
@@ -50,6 +51,13 @@ _SHARED_SUFFIX = {"darwin": ".dylib", "win32": ".dll"}.get(sys.platform, ".so")
 _TVM_RUNTIME_NAME = f"libtvm_runtime{_SHARED_SUFFIX}"
 _tvm_runtime: ctypes.CDLL | None = None
 
+# TVM's pool workers spin-wait (sched_yield in a loop) this many times for the next
+# parallel region before they sleep; TVM's default, 300000, keeps both cores busy for
+# ~0.1 s after every call returns. kiln's default: sleep at once (bench/spin.py
+# measures the idle CPU and latency of each choice).
+SPIN_COUNT_ENV = "TVM_THREAD_POOL_SPIN_COUNT"
+DEFAULT_SPIN_COUNT = 0
+
 
 def find_tvm_runtime() -> Path | None:
     """`tvm/lib/libtvm_runtime.so` in the first `sys.path` entry that has it (no import)."""
@@ -65,11 +73,14 @@ def ensure_tvm_runtime() -> Path:
     """Load TVM's runtime library into the global symbol table once per process.
 
     TVM's thread pool uses half the cores on x86 unless told otherwise; kiln's kernels
-    use every core this process may run on (`TVM_NUM_THREADS` set by the user wins)."""
+    use every core this process may run on, and its workers do not spin after a call
+    (`DEFAULT_SPIN_COUNT`). `TVM_NUM_THREADS` and `TVM_THREAD_POOL_SPIN_COUNT` set by
+    the user win. (TVM reads both when its pool starts, at the first parallel kernel.)"""
     global _tvm_runtime
     path = find_tvm_runtime()
     if _tvm_runtime is None:
         os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+        os.environ.setdefault(SPIN_COUNT_ENV, str(DEFAULT_SPIN_COUNT))
         if path is None:
             raise ArtifactError(f"cannot find {_TVM_RUNTIME_NAME} (tvm/lib/ in the apache-tvm "
                                 "package) on sys.path; TVM CPU kernels need it to run "

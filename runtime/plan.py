@@ -12,20 +12,31 @@ the runtime (`Executor`), and it is stored in the artifact's `manifest.json`.
                   parameters are its inputs then its outputs
       memory      intermediate value -> slot id (values sharing a slot have disjoint
                   lifetimes; a slot holds the largest of its values)
+      aliases     view value -> the value it views: no step makes a view; it is its
+                  source's storage (all kiln buffers are row-major and contiguous) under
+                  its own shape (reshape, squeeze, unsqueeze). Chains are allowed; the end
+                  of the chain is the view's *root* (a graph input, constant or step output)
+      inplace     step output -> the input of the same step whose slot it overwrites (an
+                  elementwise step whose input dies there; same dtype and shape)
 
 Names are SSA value names (`%t` in the `.kir` text). Graph inputs are bound by the
-caller, constants come from the weights, graph outputs get fresh arrays on every call
-(they are returned), and every other step output — an *intermediate* — lives in a
-slot. JSON form (see `Plan.to_json`):
+caller, constants come from the weights, and the step outputs that are the root of a
+graph output get fresh arrays on every call (they are returned); every other step
+output — an *intermediate* — lives in a slot. A view lives in its root's storage and
+keeps it alive: a read of a view is a read of its root (`Plan.lifetimes`). Graph
+inputs and constants are never written: no slot, so never a target of `inplace`.
+JSON form (see `Plan.to_json`):
 
-    {"format_version": 1, "name": "mlp",
+    {"format_version": 2, "name": "mlp",
      "signature": {"inputs": [{"name": "x", "dtype": "f32", "shape": ["batch", 4]}],
                    "outputs": [{"name": "out", "dtype": "f32", "shape": ["batch", 4]}]},
      "values": {"x": {"dtype": "f32", "shape": ["batch", 4]}, ...},
      "constants": {"b": "fc.bias"},
      "steps": [{"kernel": "add_relu", "inputs": ["x", "b"], "outputs": ["t"],
                 "source": "%t: f32[batch, 4] = ..."}, ...],
-     "memory": {"t": 0}}
+     "memory": {"t": 0}, "aliases": {"t2": "t"}, "inplace": {}}
+
+A plan of another format version is refused (`from_json`): recompile the model.
 
 This module imports only the standard library, `kiln.errors` and the runtime's
 `dims` and `dtypes`.
@@ -39,7 +50,7 @@ from ..errors import ArtifactError, DimExpressionError
 from . import dims, dtypes
 from .dims import Dim
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2     # 2: aliases (views) and in-place steps
 
 
 @dataclass(frozen=True)
@@ -123,12 +134,13 @@ class Plan:
     steps: tuple[Step, ...]
     memory: Mapping[str, int] = field(default_factory=dict)
     name: str = "main"
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    inplace: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "values", dict(self.values))
-        object.__setattr__(self, "constants", dict(self.constants))
+        for name in ("values", "constants", "memory", "aliases", "inplace"):
+            object.__setattr__(self, name, dict(getattr(self, name)))
         object.__setattr__(self, "steps", tuple(self.steps))
-        object.__setattr__(self, "memory", dict(self.memory))
 
     # --- derived facts ---------------------------------------------------------------
     @property
@@ -139,24 +151,43 @@ class Plan:
     def output_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.signature.outputs)
 
+    def root(self, name: str) -> str:
+        """The value whose storage `name` is: itself, or the end of its alias chain."""
+        seen = {name}
+        while name in self.aliases:
+            name = self.aliases[name]
+            if name in seen:
+                raise ArtifactError(f"invalid plan {self.name!r}: the aliases of %{name} "
+                                    "form a cycle")
+            seen.add(name)
+        return name
+
+    @property
+    def returned(self) -> list[str]:
+        """Step outputs that are the root of a graph output, in definition order: each
+        gets a fresh array per call (it is returned, directly or through a view)."""
+        roots = {self.root(v) for v in self.output_names}
+        return [v for s in self.steps for v in s.outputs if v in roots]
+
     @property
     def intermediates(self) -> list[str]:
-        """Step outputs that are not graph outputs, in definition order: the values that
+        """Step outputs that are not `returned`, in definition order: the values that
         live in memory slots."""
-        outs = set(self.output_names)
-        return [v for s in self.steps for v in s.outputs if v not in outs]
+        returned = set(self.returned)
+        return [v for s in self.steps for v in s.outputs if v not in returned]
 
     @property
     def num_slots(self) -> int:
         return max(self.memory.values(), default=-1) + 1
 
     def lifetimes(self) -> dict[str, tuple[int, int]]:
-        """Each step output's (defining step, last step reading it). A value no step
-        reads lives only during its own step. Values with disjoint intervals may share
-        memory; a step's inputs and outputs are live together."""
+        """Each step output's (defining step, last step reading it or a view of it). A
+        value no step reads lives only during its own step. Values with disjoint
+        intervals may share memory; a step's inputs and outputs are live together
+        (except an `inplace` output and the input it overwrites)."""
         live: dict[str, tuple[int, int]] = {}
         for i, step in enumerate(self.steps):
-            for v in step.inputs:
+            for v in map(self.root, step.inputs):
                 if v in live:
                     live[v] = (live[v][0], i)
             for v in step.outputs:
@@ -218,32 +249,82 @@ class Plan:
             if not all(isinstance(d, int) for d in self.values[name].shape):
                 raise bad(f"constant %{name} has a symbolic shape {self.values[name]}")
             defined.add(name)
+        made = {v for step in self.steps for v in step.outputs}
+        self._validate_aliases(bad, defined | made)
         for i, step in enumerate(self.steps):
             where = f"step {i} (kernel {step.kernel!r})"
             if not step.kernel:
                 raise bad(f"step {i} names no kernel")
             for v in step.inputs:
-                if v not in defined:
+                if self.root(v) not in defined:
                     raise bad(f"{where} reads %{v} before anything defines it")
             for v in step.outputs:
-                if v in defined:
+                if v in defined or v in self.aliases:
                     raise bad(f"{where} redefines %{v}")
                 if v not in self.values:
                     raise bad(f"{where} writes %{v}, which has no entry in values")
                 defined.add(v)
+        defined |= self.aliases.keys()
         for name in self.values:
             if name not in defined:
-                raise bad(f"values lists %{name}, which no input, constant or step defines")
+                raise bad(f"values lists %{name}, which no input, constant, step or alias "
+                          "defines")
         for name in self.output_names:
             if name not in defined:
                 raise bad(f"graph output %{name} is never defined")
         self._validate_memory(bad)
+        self._validate_inplace(bad)
         bindable = self.bindable_symbols()
         for name, spec in self.values.items():
             for sym in sorted(spec.symbols - bindable.keys()):
                 raise bad(f"symbol {sym!r} in the shape of %{name} is not the whole dim of "
                           "any input, so no call can bind it")
         return self
+
+    def _validate_aliases(self, bad, defined: set[str]) -> None:
+        """Every view names a defined source of its dtype; same size where it is static."""
+        for view, source in self.aliases.items():
+            if view in defined:
+                raise bad(f"%{view} is an alias of %{source} but is also an input, constant "
+                          "or step output")
+            if view not in self.values:
+                raise bad(f"alias %{view} has no entry in values")
+            if source not in defined and source not in self.aliases:
+                raise bad(f"alias %{view} views %{source}, which nothing defines")
+            root = self.values[self.root(view)]
+            spec = self.values[view]
+            if spec.dtype != root.dtype or spec.dtype in dtypes.PACKED:
+                raise bad(f"alias %{view} ({spec}) views %{self.root(view)} ({root}); a view "
+                          "keeps the dtype, and packed dtypes have no views")
+            static = [s.shape for s in (spec, root) if all(isinstance(d, int) for d in s.shape)]
+            if len(static) == 2 and spec.nbytes({}) != root.nbytes({}):
+                raise bad(f"alias %{view} ({spec}) and its storage %{self.root(view)} ({root}) "
+                          "differ in size")
+
+    def _validate_inplace(self, bad) -> None:
+        """Each in-place output overwrites an input of its own step: an intermediate that
+        shares its slot, with the output's dtype and shape (no broadcasting), read by that
+        step through no other shape. (That the two overlap at exactly that step and
+        nowhere else is `_validate_memory`'s check.)"""
+        step_of = {v: (i, s) for i, s in enumerate(self.steps) for v in s.outputs}
+        for out, source in self.inplace.items():
+            if out not in self.memory:
+                raise bad(f"in-place output %{out} is not an intermediate with a slot")
+            i, step = step_of[out]
+            where = f"step {i} (kernel {step.kernel!r})"
+            root = self.root(source)
+            if source not in step.inputs:
+                raise bad(f"{where} writes %{out} in place of %{source}, which it does not read")
+            if root not in self.memory:
+                raise bad(f"{where} writes %{out} in place of %{source}, whose storage "
+                          f"%{root} is a graph input, constant or returned value")
+            if self.memory[root] != self.memory[out]:
+                raise bad(f"{where} writes %{out} (slot {self.memory[out]}) in place of "
+                          f"%{source} (slot {self.memory[root]})")
+            for v in step.inputs:
+                if self.root(v) == root and self.values[v] != self.values[out]:
+                    raise bad(f"{where} writes %{out} ({self.values[out]}) in place of "
+                              f"%{source}, but reads %{v} ({self.values[v]}) from that storage")
 
     def _validate_memory(self, bad) -> None:
         intermediates = self.intermediates
@@ -253,21 +334,26 @@ class Plan:
         extra = set(self.memory) - set(intermediates)
         if extra:
             raise bad(f"the memory plan gives a slot to {sorted(extra)}, which are not "
-                      "intermediates (graph inputs, constants and outputs have none)")
+                      "intermediates (graph inputs, constants, views and returned values have "
+                      "none)")
         for v, slot in self.memory.items():
             if isinstance(slot, bool) or not isinstance(slot, int) or slot < 0:
                 raise bad(f"%{v} has slot {slot!r}; slots are non-negative integers")
         live = self.lifetimes()
+        # In half steps: a value occupies its slot from 2*start to 2*end; an in-place
+        # output from 2*start + 1, after its step has read the input it overwrites.
         by_slot: dict[int, list[tuple[int, int, str]]] = {}
         for v, slot in self.memory.items():
-            by_slot.setdefault(slot, []).append((*live[v], v))
+            s, e = live[v]
+            by_slot.setdefault(slot, []).append((2 * s + (v in self.inplace), 2 * e, v))
         for slot, spans in by_slot.items():
             spans.sort()
             end, holder = -1, ""        # the latest-ending value seen so far in this slot
             for s, e, v in spans:
                 if s <= end:
-                    raise bad(f"%{holder} (live until step {end}) and %{v} (steps {s}..{e}) "
-                              f"share slot {slot} but are live at the same time")
+                    raise bad(f"%{holder} (live until step {end // 2}) and %{v} (steps "
+                              f"{s // 2}..{e // 2}) share slot {slot} but are live at the "
+                              "same time")
                 if e > end:
                     end, holder = e, v
 
@@ -287,18 +373,25 @@ class Plan:
             "steps": [{"kernel": s.kernel, "inputs": list(s.inputs),
                        "outputs": list(s.outputs), "source": s.source} for s in self.steps],
             "memory": dict(self.memory),
+            "aliases": dict(self.aliases),
+            "inplace": dict(self.inplace),
         }
 
     @classmethod
     def from_json(cls, data: Any) -> "Plan":
         """Read `to_json`'s form, checking every field; ArtifactError names the field."""
         r = _Reader()
-        obj = r.obj(data, "plan", {"format_version", "name", "signature", "values",
-                                   "constants", "steps", "memory"})
-        version = r.integer(obj["format_version"], "plan.format_version")
+        version = r.integer(r.mapping(data, "plan").get("format_version"),
+                            "plan.format_version")
         if version > FORMAT_VERSION:
             raise ArtifactError(f"the plan has format version {version}, newer than this "
                                 f"kiln reads ({FORMAT_VERSION}); upgrade kiln")
+        if version < FORMAT_VERSION:
+            raise ArtifactError(f"the plan has format version {version}, older than this "
+                                f"kiln reads ({FORMAT_VERSION}, which adds views and in-place "
+                                "steps); compile the model again with this kiln")
+        obj = r.obj(data, "plan", {"format_version", "name", "signature", "values",
+                                   "constants", "steps", "memory", "aliases", "inplace"})
         sig = r.obj(obj["signature"], "plan.signature", {"inputs", "outputs"})
         ports = {k: tuple(r.port(p, f"plan.signature.{k}[{i}]")
                           for i, p in enumerate(r.seq(sig[k], f"plan.signature.{k}")))
@@ -317,8 +410,12 @@ class Plan:
                               r.text(s["source"], f"{where}.source")))
         memory = {n: r.integer(k, f"plan.memory[{n!r}]")
                   for n, k in r.mapping(obj["memory"], "plan.memory").items()}
+        aliases, inplace = ({n: r.text(v, f"plan.{key}[{n!r}]")
+                             for n, v in r.mapping(obj[key], f"plan.{key}").items()}
+                            for key in ("aliases", "inplace"))
         return cls(Signature(ports["inputs"], ports["outputs"]), values, constants,
-                   tuple(steps), memory, r.text(obj["name"], "plan.name")).validate()
+                   tuple(steps), memory, r.text(obj["name"], "plan.name"), aliases,
+                   inplace).validate()
 
 
 class _Reader:

@@ -11,10 +11,24 @@ PrimFuncs, compiled by LLVM for the host CPU.
 - `fastmath.py`: vectorizable float32 exp, expm1, tanh and erf;
 - `schedule.py`: the generic CPU schedules and `SCHEDULES`, the table op-specific
   schedules (the contraction kernels') register into;
-- `build.py`: one shared library for a whole graph.
-"""
-from .lower import lower_node, missing_lowerings, symbol_args
-from .schedule import SCHEDULES
-from .target import cpu_target
+- `build.py`: one shared library for a whole graph;
+- `cache.py`: the persistent kernel cache (object files keyed by kernel, target and
+  codegen version).
 
-__all__ = ["SCHEDULES", "cpu_target", "lower_node", "missing_lowerings", "symbol_args"]
+The names below load on first use, so that `build` and `cache` can serve a fully
+cached compile without importing TVM.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"lower_node": "lower", "missing_lowerings": "lower", "symbol_args": "lower",
+         "SCHEDULES": "schedule", "cpu_target": "target"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

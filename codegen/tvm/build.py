@@ -1,27 +1,45 @@
-"""Whole-graph TVM build: one kernel per distinct node, one shared library per model.
+"""Whole-graph TVM build: one kernel per distinct node or fused group, each compiled
+once per machine (the kernel cache, `cache.py`), linked into one shared library per model.
 
-    build_graph(graph, out_dir)
-      -> check that every op has a tvm lowering (one error listing all that do not)
-      -> key each node by op, attributes and input/output types: nodes with equal
-         keys (BERT's twelve identical layers) share one kernel
-      -> lower_node() each distinct key to a scheduled PrimFunc; one IRModule
-      -> tvm.compile for the host CPU; export_library -> kernels.so
-      -> return the library path and the steps: (kernel name, argument value names)
+    build_graph(graph, out_dir, cache=open_cache())
+      -> key each kernel node (constants and views need none) by `kernel_key`: op,
+         attributes, types and a fused group's body, value names aside; nodes with
+         equal keys (BERT's twelve identical layers) share one kernel, named after the
+         digest of its key, target and codegen salt (`CacheEntry`)
+      -> each kernel's object file from the cache: a hit skips lowering and LLVM alike
+      -> the misses (one error listing every op without a lowering): lower_node() each
+         to a scheduled PrimFunc, then tvm.compile each into its own object file,
+         `jobs` forked processes at a time; store each object in the cache
+      -> link all objects into kernels.so with the system C compiler (as TVM's
+         `export_library` does with the one object of a whole module)
+      -> the library path, the steps (kernel name, argument value names), cache stats
+
+TVM itself is imported only when some kernel misses the cache: a compile served
+wholly from the cache never loads it (the host target is remembered in the cache).
 """
 from __future__ import annotations
 
-import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import tvm
-
-from ...errors import CodegenError, UnsupportedOpsError
+from ...errors import CodegenError, KilnError, UnsupportedOpsError
 from ...ir import Graph, Node
-from ...ir.printer import format_attrs
-from .lower import lower_node, missing_lowerings, symbol_args
-from .target import cpu_target
+from ...ir.registry import is_view
+from .cache import CacheEntry, CacheStats, KernelCache, codegen_salt, host_fingerprint, kernel_key
+
+if TYPE_CHECKING:
+    import tvm
+
+__all__ = ["BuildResult", "KernelCall", "build_graph", "kernel_key"]
+
+_LINKERS = ("g++", "gcc", "clang++", "clang", "c++", "cc")   # TVM's get_cc() order
 
 
 @dataclass(frozen=True)
@@ -39,49 +57,192 @@ class BuildResult:
     calls: list[KernelCall]
     kernels: dict[str, str] = field(default_factory=dict)   # kernel name -> its key
     seconds: dict[str, float] = field(default_factory=dict)
+    cache: CacheStats = field(default_factory=CacheStats)
+    target: str = ""                                         # the TVM target, as JSON
+
+    @property
+    def target_name(self) -> str:
+        """The target as one line, e.g. `llvm -mcpu=rocketlake`."""
+        attrs = json.loads(self.target)
+        return f"{attrs['kind']} -mcpu={attrs['mcpu']}" if "mcpu" in attrs else attrs["kind"]
 
 
-def kernel_key(node: Node) -> str:
-    """What makes two nodes compile to the same kernel (value names do not)."""
-    ins = ", ".join(str(v.type) for v in node.inputs)
-    outs = ", ".join(str(v.type) for v in node.outputs)
-    return f"{node.op}({ins}){format_attrs(node)} -> ({outs})"
+@dataclass(frozen=True)
+class _Kernel:
+    name: str
+    node: Node           # the first node with this key: the one lowered
+    entry: CacheEntry
 
 
-def build_graph(graph: Graph, out_dir: str | Path, target: tvm.target.Target | None = None
-                ) -> BuildResult:
-    missing = missing_lowerings(graph)
-    if missing:
-        raise UnsupportedOpsError(f"graph {graph.name} has no TVM lowering", missing)
-    target = target or cpu_target()
+def build_graph(graph: Graph, out_dir: str | Path, target: tvm.target.Target | None = None,
+                *, cache: KernelCache | None = None, jobs: int | None = None) -> BuildResult:
+    """Build `graph`'s kernels into `out_dir`/kernels.so for `target` (default: this
+    machine's CPU), reusing and filling `cache` (None: compile everything). `jobs`
+    processes compile the missing kernels (default: one per core this process may use)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    funcs: dict[str, tvm.tirx.PrimFunc] = {}
+    objects = out_dir / "objects"
+    objects.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    target_text = str(target) if target is not None else _host_target(cache)
+    kernels, calls = _kernels(graph, target_text)
+    stats = CacheStats()
+    missing: list[_Kernel] = []
+    for kernel in kernels.values():
+        payload = cache.load(kernel.entry, stats) if cache is not None else None
+        if payload is None:
+            missing.append(kernel)
+        else:
+            (objects / f"{kernel.name}.o").write_bytes(payload)
+    if cache is None:
+        stats.misses = len(missing)
+    seconds = {"cache": time.perf_counter() - start}
+    if missing:
+        _compile_missing(graph, missing, target, target_text, objects, jobs, seconds)
+        if cache is not None:
+            for kernel in missing:
+                cache.store(kernel.entry, (objects / f"{kernel.name}.o").read_bytes())
+    start = time.perf_counter()
+    library = out_dir / "kernels.so"
+    if kernels:
+        link_shared([objects / f"{k.name}.o" for k in sorted(kernels.values(),
+                                                            key=lambda k: k.name)], library)
+    seconds["link"] = time.perf_counter() - start
+    return BuildResult(library if kernels else Path(), calls,
+                       {k.name: key for key, k in kernels.items()}, seconds, stats, target_text)
+
+
+def _kernels(graph: Graph, target: str) -> tuple[dict[str, _Kernel], list[KernelCall]]:
+    """The distinct kernels of `graph` by key, and one call per kernel node."""
+    salt = codegen_salt()
+    kernels: dict[str, _Kernel] = {}
     names: dict[str, str] = {}
     calls: list[KernelCall] = []
-    start = time.perf_counter()
     for node in graph.nodes:
-        if node.op == "constant":
+        if node.op == "constant" or is_view(node):   # views alias their input (runtime plan)
             continue
         key = kernel_key(node)
-        if key not in names:
-            digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-            names[key] = f"k{len(names)}_{node.op}_{digest}"
-            funcs[names[key]] = lower_node(node, names[key])
-            scalars = symbol_args(funcs[names[key]])
-            if scalars:   # the plan passes buffers only; say so rather than mis-run
-                raise CodegenError(
-                    f"{node.format()}: its kernel needs symbol(s) {scalars} that no input or "
-                    "output shape carries, and kiln's runtime passes buffers only"
-                    + (f" (from {node.source})" if node.source else ""))
+        kernel = kernels.get(key)
+        if kernel is None:
+            entry = CacheEntry.of(key, target, salt)
+            name = f"k_{node.op}_{entry.digest[:16]}"
+            if names.setdefault(name, key) != key:
+                raise CodegenError(f"kernels {names[name]!r} and {key!r} share the name {name} "
+                                   "(a 64-bit digest collision): report it to kiln")
+            kernel = kernels[key] = _Kernel(name, node, entry)
         source = node.format() + (f"  # from {node.source}" if node.source else "")
-        calls.append(KernelCall(names[key], tuple(v.name for v in node.inputs),
+        calls.append(KernelCall(kernel.name, tuple(v.name for v in node.inputs),
                                 tuple(v.name for v in node.outputs), source))
+    return kernels, calls
+
+
+def _host_target(cache: KernelCache | None) -> str:
+    """This machine's LLVM target as JSON: remembered in the cache under the CPU's
+    fingerprint, else asked of TVM (and remembered)."""
+    fingerprint = host_fingerprint() if cache is not None else None
+    if fingerprint is not None and (known := cache.host_target(fingerprint)):
+        return known
+    from .target import cpu_target
+    text = str(cpu_target())
+    if fingerprint is not None:
+        cache.remember_host_target(fingerprint, text)
+    return text
+
+
+def _compile_missing(graph: Graph, missing: list[_Kernel], target: Any, target_text: str,
+                     objects: Path, jobs: int | None, seconds: dict[str, float]) -> None:
+    """Lower each missing kernel, then compile each to `objects`/<name>.o."""
+    import tvm
+
+    from .lower import lower_node, missing_lowerings, symbol_args
+    unsupported = missing_lowerings(graph)
+    if unsupported:
+        raise UnsupportedOpsError(f"graph {graph.name} has no TVM lowering", unsupported)
+    start = time.perf_counter()
+    work: list[_Work] = []
+    for kernel in missing:
+        func = lower_node(kernel.node, kernel.name)
+        scalars = symbol_args(func)
+        if scalars:   # the plan passes buffers only; say so rather than mis-run
+            node = kernel.node
+            raise CodegenError(
+                f"{node.format()}: its kernel needs symbol(s) {scalars} that no input or "
+                "output shape carries, and kiln's runtime passes buffers only"
+                + (f" (from {node.source})" if node.source else ""))
+        work.append(_Work(kernel.name, func, objects / f"{kernel.name}.o", kernel.node.format()))
     lowered = time.perf_counter()
-    library = out_dir / "kernels.so"
-    if funcs:
-        executable = tvm.compile(tvm.IRModule(funcs), target=target)
-        executable.export_library(str(library))
-    compiled = time.perf_counter()
-    return BuildResult(library if funcs else Path(), calls, {v: k for k, v in names.items()},
-                       {"lower": lowered - start, "compile": compiled - lowered})
+    _compile_objects(work, target if target is not None else tvm.target.Target(target_text),
+                    jobs)
+    seconds["lower"] = lowered - start
+    seconds["compile"] = time.perf_counter() - lowered
+
+
+# --- compiling and linking object files -------------------------------------------------------
+@dataclass(frozen=True)
+class _Work:
+    name: str
+    func: Any            # tvm.tirx.PrimFunc
+    path: Path
+    source: str          # the node's text, for errors
+
+
+def _compile_objects(work: list[_Work], target: tvm.target.Target, jobs: int | None) -> None:
+    """Compile each PrimFunc into its own object file; with `jobs` > 1 (default: the
+    cores this process may use), in that many forked processes."""
+    jobs = min(jobs or len(os.sched_getaffinity(0)), len(work))
+    if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        errors = [_compile_object(w, target) for w in work]
+    else:
+        # fork: the workers inherit the lowered PrimFuncs; nothing is pickled but indices
+        context = multiprocessing.get_context("fork")
+        with context.Pool(jobs, initializer=_receive_work, initargs=(work, target)) as pool:
+            errors = pool.map(_compile_received, range(len(work)), chunksize=1)
+    failures = [e for e in errors if e]
+    if failures:
+        raise CodegenError("\n".join(failures))
+
+
+_received: tuple[list[_Work], Any] | None = None   # a forked worker's share of compile_objects
+
+
+def _receive_work(work: list[_Work], target: Any) -> None:
+    global _received
+    _received = (work, target)
+
+
+def _compile_received(index: int) -> str | None:
+    assert _received is not None
+    work, target = _received
+    return _compile_object(work[index], target)
+
+
+def _compile_object(work: _Work, target: Any) -> str | None:
+    """Compile one PrimFunc into `work.path`; the error text if LLVM fails."""
+    import tvm
+    try:
+        module = tvm.compile(tvm.IRModule({work.name: work.func}), target=target).mod
+        if module.kind != "llvm" or module.imports:
+            return (f"kernel {work.name} ({work.source}) compiled to a {module.kind} module "
+                    f"with {len(module.imports)} imports; kiln links host LLVM objects only")
+        module.write_to_file(str(work.path))
+    except KilnError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001  TVM raises several kinds; name the kernel
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"TVM could not compile kernel {work.name} ({work.source}): {first}"
+    return None
+
+
+def link_shared(objects: list[Path], library: Path) -> Path:
+    """Link object files into a shared library with the C compiler that TVM's
+    `export_library` would use ($CXX, $CC, else the first of g++, gcc, clang, ...)."""
+    linker = os.environ.get("CXX") or os.environ.get("CC") or next(
+        (found for name in _LINKERS if (found := shutil.which(name))), None)
+    if linker is None:
+        raise CodegenError(f"no C compiler to link {library.name}: install one of "
+                           f"{', '.join(_LINKERS)} or set $CXX")
+    command = [linker, "-shared", "-fPIC", "-o", str(library), *map(str, objects)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise CodegenError(f"linking {library} failed ({' '.join(command[:4])} ...):\n"
+                           f"{done.stdout}{done.stderr}")
+    return library

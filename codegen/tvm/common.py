@@ -78,10 +78,17 @@ class LowerContext:
     `arange(past, past + seq)`) becomes a scalar parameter (see `lower_node`).
     """
 
-    def __init__(self, node: Node):
+    def __init__(self, node: Node, kernel: "LowerContext | None" = None):
+        """`kernel`: the context of the whole kernel when `node` is one member of a
+        fused group; the members then share its variables and checks, and dims are
+        bound (or opaque) by the group's buffers, not by the member's own types."""
         self.node = node
         self.in_types: tuple[TensorType, ...] = tuple(v.type for v in node.inputs)
         self.out_types: tuple[TensorType, ...] = tuple(v.type for v in node.outputs)
+        if kernel is not None:
+            self.vars, self.checks = kernel.vars, kernel.checks
+            self._bound, self._opaque = kernel._bound, kernel._opaque
+            return
         self.vars: dict[str, tirx.Var] = {}
         self.checks: list[Check] = []
         dims = {d for t in self.in_types + self.out_types for d in t.shape if isinstance(d, str)}

@@ -32,17 +32,23 @@ nests at the root. Depthwise convs (one channel per group) get 1-row tiles.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Callable
+
 from tvm import s_tir, te, tirx
 
 from ...ir.graph import Node
 from ...ir.registry import register_lowering
 from .common import LowerContext, index
-from .gemm import (PANELS_PER_BATCH, ROLE, accumulator_dtype, ceil_div, ceil_to,
-                   choose_tiling, from_accumulator, gemm_blocks, machine,
-                   schedule_accumulator, schedule_pack, static, to_accumulator)
+from .gemm import (PANELS_PER_BATCH, ROLE, Operand, accumulator_dtype, ceil_div, ceil_to,
+                   choose_tiling, from_accumulator, gemm_blocks, inline_epilogue, machine,
+                   packed_tiling,
+                   panel_gemm, schedule_accumulator, schedule_pack, static, to_accumulator)
 from .schedule import SCHEDULES
 
 UNROLL_TAPS = 16    # inner tap loops unroll while they make at most this many taps
+ROWS_GEMM_MAX_POSITIONS = 256   # convs with at most this many output positions: rows GEMM
 
 
 def ceil_div_expr(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -54,14 +60,66 @@ def ceil_div_expr(a: tirx.PrimExpr, b: tirx.PrimExpr) -> tirx.PrimExpr:
 @register_lowering("conv", backend="tvm")
 def lower_conv(ctx: LowerContext, x: te.Tensor, w: te.Tensor, bias: te.Tensor | None = None,
                *, strides, pads, dilations, groups) -> te.Tensor:
+    if None in [static(k) for k in w.shape[2:]]:
+        raise ctx.fail(f"the kernel's spatial size {list(w.shape[2:])} must be static")
+    weight = Weight(w.shape[0], w.shape[1], [static(k) for k in w.shape[2:]],
+                    lambda o, c, taps: w[(o, c, *taps)])
+    if groups == 1 and rows_gemm(ctx):
+        return lower_conv_rows(ctx, x, weight, None, bias, strides=strides, pads=pads,
+                               dilations=dilations)
+    return lower_conv_columns(ctx, x, weight, bias, strides=strides, pads=pads,
+                              dilations=dilations, groups=groups)
+
+
+@register_lowering("conv_packed", backend="tvm")
+def lower_conv_packed(ctx: LowerContext, x: te.Tensor, w: te.Tensor,
+                      bias: te.Tensor | None = None, *, out_channels, kernel, strides, pads,
+                      dilations) -> te.Tensor:
+    """conv with its weight packed at compile time as the GEMM's column panels
+    (`conv_packed`): read as is by the rows GEMM, gathered per call by the columns one."""
+    nb, taps = static(w.shape[-1]), math.prod(kernel)
+
+    def at(o, c, t):
+        k = c * index(taps) + sum((t[i] * math.prod(kernel[i + 1:]) for i in range(len(t) - 1)),
+                                  t[-1])
+        return w[o // nb, k, o % nb]
+    weight = Weight(index(out_channels), x.shape[1], list(kernel), at)
+    if rows_gemm(ctx):
+        return lower_conv_rows(ctx, x, weight, w, bias, strides=strides, pads=pads,
+                               dilations=dilations)
+    return lower_conv_columns(ctx, x, weight, bias, strides=strides, pads=pads,
+                              dilations=dilations, groups=1)
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A conv weight [out, in/groups, *kernel] as its sizes and an accessor."""
+    out: tirx.PrimExpr
+    per_group: tirx.PrimExpr
+    kernel: list[int]
+    at: Callable[[tirx.PrimExpr, tirx.PrimExpr, list], tirx.PrimExpr]
+
+
+def rows_gemm(ctx: LowerContext) -> bool:
+    """Whether a one-group conv runs as the rows GEMM (`lower_conv_rows`): when its
+    output positions are static and few (ResNet's 14x14 and 7x7 stages), where the
+    columns GEMM would pad its 64-position tiles most and the weight, the bigger
+    operand, is best read as packed column panels. (Measured per ResNet-50 layer:
+    28x28 and larger run faster as the columns GEMM, 14x14 and smaller as rows.)"""
+    positions = [static(d) for d in ctx.out_shape()[2:]]
+    return None not in positions and math.prod(positions) <= ROWS_GEMM_MAX_POSITIONS
+
+
+def lower_conv_columns(ctx: LowerContext, x: te.Tensor, weight: Weight,
+                       bias: te.Tensor | None, *, strides, pads, dilations, groups
+                       ) -> te.Tensor:
+    """Output positions as the vector axis, phase planes and column panels (the module
+    docstring): any groups, symbolic image sizes."""
     sp = len(strides)
     dtype, acc = ctx.out_dtype(), accumulator_dtype(str(x.dtype))
     N, C = x.shape[0], x.shape[1]
     size = list(x.shape[2:])
-    O, cg = w.shape[0], w.shape[1]
-    ks = [static(k) for k in w.shape[2:]]
-    if None in ks:
-        raise ctx.fail(f"the kernel's spatial size {list(w.shape[2:])} must be static")
+    O, cg, ks = weight.out, weight.per_group, weight.kernel
     out_shape = ctx.out_shape()
     outs = out_shape[2:]
     og = static(O) // groups if static(O) is not None else tirx.floordiv(O, index(groups))
@@ -102,7 +160,8 @@ def lower_conv(ctx: LowerContext, x: te.Tensor, w: te.Tensor, bias: te.Tensor | 
     lp = te.compute(
         [index(groups), ceil_div(og, mr), cg, *[index(k) for k in ks], index(mr)],
         lambda g, ro, ci, *rest: to_accumulator(
-            w[(g * og + tirx.min(ro * mr + rest[-1], og - index(1)), ci, *rest[:-1])], acc),
+            weight.at(g * og + tirx.min(ro * mr + rest[-1], og - index(1)), ci, list(rest[:-1])),
+            acc),
         name="conv_pack_l", attrs={ROLE: "pack_l"})
 
     rci = te.reduce_axis((index(0), cg), name="ci")
@@ -140,8 +199,67 @@ def lower_conv(ctx: LowerContext, x: te.Tensor, w: te.Tensor, bias: te.Tensor | 
     return te.compute(out_shape, out, name="conv")
 
 
+def lower_conv_rows(ctx: LowerContext, x: te.Tensor, weight: Weight, packed: te.Tensor | None,
+                    bias: te.Tensor | None, *, strides, pads, dilations) -> te.Tensor:
+    """A conv with one group as the GEMM `out[n, p, o] = sum_k X[n, p, k] * W[k, o]`:
+    rows p the output positions (broadcast), columns o the output channels (the
+    vector axis, the weight's column panels: packed at compile time when `packed`
+    is given, else gathered per call from `weight.at`), k = (c, taps) in the weight's order.
+    The row panels gather X (im2col, padding as zeros) tile by tile."""
+    sp = len(strides)
+    dtype, acc = ctx.out_dtype(), accumulator_dtype(str(x.dtype))
+    N, C = x.shape[0], x.shape[1]
+    size = list(x.shape[2:])
+    O, ks = weight.out, weight.kernel
+    out_shape = ctx.out_shape()
+    outs = [static(d) for d in out_shape[2:]]
+    taps = math.prod(ks)
+    P, K = index(math.prod(outs)), C * index(taps)
+    pointwise = all(k == 1 for k in ks) and not any(pads) and all(s == 1 for s in strides)
+
+    def unravel(i: tirx.PrimExpr, extents: list[int]) -> list[tirx.PrimExpr]:
+        coords = []
+        for e in reversed(extents):
+            coords.append(tirx.floormod(i, index(e)) if e > 1 else index(0))
+            i = tirx.floordiv(i, index(e))
+        return coords[::-1]
+
+    def x_at(bi, r, k):
+        if pointwise:
+            return x[(bi[0], k, *unravel(r, outs))]
+        c, t = tirx.floordiv(k, index(taps)), unravel(tirx.floormod(k, index(taps)), ks)
+        pos = unravel(r, outs)
+        coords = [pos[i] * strides[i] + t[i] * dilations[i] - pads[i] for i in range(sp)]
+        valid = tirx.all(*[tirx.all(h >= 0, h < size[i]) for i, h in enumerate(coords)])
+        safe = [tirx.max(tirx.min(h, size[i] - index(1)), index(0))
+                for i, h in enumerate(coords)]
+        return tirx.Select(valid, x[(bi[0], c, *safe)], tirx.const(0, x.dtype))
+
+    def w_at(bi, o, k):
+        c, t = tirx.floordiv(k, index(taps)), unravel(tirx.floormod(k, index(taps)), ks)
+        return weight.at(o, c, t)
+
+    tiling = choose_tiling(P, O, acc)
+    if packed is not None:
+        tiling = packed_tiling(tiling, static(packed.shape[-1]))
+    panels = static(ceil_div(O, tiling.nb))
+    accumulated = panel_gemm("conv", [N], Operand([N], P, x_at), Operand([], O, w_at), K, acc,
+                             tiling, columns_last=False, packed_rhs=packed,
+                             extra={"epilogue_in_tile": 0, "pack_l_in_tile": int(panels == 1)})
+
+    def out(n, o, *pos):
+        f = sum((pos[i] * math.prod(outs[i + 1:]) for i in range(1, sp)),
+                pos[0] * math.prod(outs[1:]))
+        v = accumulated[n, f, o]
+        if bias is not None:
+            v = v + to_accumulator(bias[o], acc)
+        return from_accumulator(v, dtype)
+    return te.compute(out_shape, out, name="conv")
+
+
 def schedule_conv(sch: s_tir.Schedule, node: Node | None = None) -> None:
     """The packs, the register-tiled accumulator and the write-back, each parallel."""
+    inline_epilogue(sch)
     blocks = gemm_blocks(sch)
     (acc,) = blocks["acc"]
     out = sch.get_consumers(acc)
@@ -187,3 +305,4 @@ def _dividing_lanes(extent: int | None) -> int:
 
 
 SCHEDULES["conv"] = schedule_conv
+SCHEDULES["conv_packed"] = schedule_conv

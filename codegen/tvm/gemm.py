@@ -38,6 +38,7 @@ Imports TVM, `kiln.ir` and the sibling `common`/`schedule` modules.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -47,8 +48,8 @@ from tvm import s_tir, te, tirx
 
 from ...ir.graph import Node
 from ...ir.registry import register_lowering
-from .common import HALF, LowerContext, index, is_float, narrow, widen
-from .schedule import SCHEDULES
+from .common import HALF, LowerContext, dtype_of, index, is_float, narrow, widen
+from .schedule import SCHEDULES, inline_elementwise
 from .target import cpu_target
 
 ROLE = "kiln.gemm"              # block annotation: "pack_l", "pack_r", "acc"
@@ -94,11 +95,12 @@ def accumulator_dtype(dtype: str) -> str:
 def to_accumulator(e: tirx.PrimExpr, acc: str) -> tirx.PrimExpr:
     """`e` converted for accumulation: half floats widen, signed integers sign-extend
     before their bits are reinterpreted as unsigned (the sum then wraps, no UB)."""
-    if str(e.dtype) == acc:
+    dtype = dtype_of(e)
+    if dtype == acc:
         return e
-    if str(e.dtype) in HALF:   # by hand: TVM's bfloat16 -> float32 cast is unreliable
+    if dtype in HALF:   # by hand: TVM's bfloat16 -> float32 cast is unreliable
         return widen(e).astype(acc) if acc != "float32" else widen(e)
-    if acc.startswith("uint") and str(e.dtype).startswith("int"):
+    if acc.startswith("uint") and dtype.startswith("int"):
         e = e.astype(acc.replace("uint", "int"))
     return e.astype(acc)
 
@@ -135,6 +137,15 @@ def choose_tiling(rows: tirx.PrimExpr, cols: tirx.PrimExpr, acc_dtype: str) -> T
     if static(rows) is not None:
         mr = max(1, min(mr, static(rows)))
     return Tiling(mr, nvec * lanes, lanes)
+
+
+def packed_tiling(tiling: Tiling, nb: int) -> Tiling:
+    """`tiling` for column panels of a given width `nb` (a weight packed at compile
+    time): vectors of the widest lanes dividing it, rows filling the registers."""
+    lanes = math.gcd(nb, tiling.lanes)
+    nvec = nb // lanes
+    mr = max(1, min(tiling.mr, (machine().registers - nvec - 1) // nvec))
+    return Tiling(mr, nb, lanes)
 
 
 # --- expression helpers --------------------------------------------------------------------
@@ -187,11 +198,16 @@ class Operand:
 
 def panel_gemm(name: str, batch: list[tirx.PrimExpr], lhs: Operand, rhs: Operand,
                k_extent: tirx.PrimExpr, acc_dtype: str, tiling: Tiling, *,
-               columns_last: bool = True, panel_parallel: int | None = None) -> te.Tensor:
+               columns_last: bool = True, panel_parallel: int | None = None,
+               packed_rhs: te.Tensor | None = None, extra: dict | None = None) -> te.Tensor:
     """The accumulator `Acc[*batch, rows_p, cols_p]` of the template (rows and columns
     padded to whole tiles), with its packs; the caller adds the epilogue that reads
     it for the real rows and columns (`columns_last`: the epilogue's output has the
-    columns as its last axis, so it may be vectorized along them)."""
+    columns as its last axis, so it may be vectorized along them).
+
+    `packed_rhs`: Rp given already packed (a weight packed at compile time, see
+    `linear_packed`), `[ceil(cols/NB), K, NB]` in the accumulator dtype: the kernel
+    reads it as is, with no pack stage. `extra`: more accumulator annotations."""
     mr, nb = tiling.mr, tiling.nb
     rows, cols, K = lhs.extent, rhs.extent, k_extent
     rows_p, cols_p = ceil_to(rows, mr), ceil_to(cols, nb)
@@ -201,7 +217,7 @@ def panel_gemm(name: str, batch: list[tirx.PrimExpr], lhs: Operand, rhs: Operand
         lambda *i: to_accumulator(lhs.at(list(i[:-3]), clamp_last(i[-3] * mr + i[-1], rows,
                                                                    rows_p), i[-2]), acc_dtype),
         name=f"{name}_pack_l", attrs={ROLE: "pack_l"})
-    rp = te.compute(
+    rp = packed_rhs if packed_rhs is not None else te.compute(
         [*rhs.batch, ceil_div(cols, nb), K, index(nb)],
         lambda *i: to_accumulator(rhs.at(list(i[:-3]), clamp_last(i[-3] * nb + i[-1], cols,
                                                                    cols_p), i[-2]), acc_dtype),
@@ -212,14 +228,15 @@ def panel_gemm(name: str, batch: list[tirx.PrimExpr], lhs: Operand, rhs: Operand
     def body(*i):
         b, r, c = list(i[:nbatch]), i[nbatch], i[nbatch + 1]
         bl, br = broadcast_index(lhs.batch, b), broadcast_index(rhs.batch, b)
-        return te.sum(lp[(*bl, r // mr, k, r % mr)] * rp[(*br, c // nb, k, c % nb)], axis=k)
+        return te.sum(lp[(*bl, r // mr, k, r % mr)] *
+                      to_accumulator(rp[(*br, c // nb, k, c % nb)], acc_dtype), axis=k)
 
     if panel_parallel is None:
         panel_parallel = _panel_parallel(batch, rhs.batch, cols_p, nb)
     attrs = {ROLE: "acc", **tiling.annotations(), "nbatch": nbatch,
              "panel_parallel": int(panel_parallel), "serial": int(_serial(batch, rows, cols, K)),
              "vector_epilogue": int(columns_last and static(cols) is not None
-                                    and static(cols) % nb == 0)}
+                                    and static(cols) % nb == 0), **(extra or {})}
     return te.compute([*batch, rows_p, cols_p], body, name=f"{name}_acc", attrs=attrs)
 
 
@@ -278,8 +295,19 @@ def gemm_blocks(sch: s_tir.Schedule) -> dict[str, list]:
     return found
 
 
+def inline_epilogue(sch: s_tir.Schedule) -> None:
+    """Fold the epilogue into one block: the lowering's own (`out`: bias, cast) and the
+    elementwise blocks a fused group stacks after it (activation, residual add,
+    casts) are inlined into the last, the function's output, which then reads the
+    accumulator directly and is placed in the output tile like any epilogue."""
+    keep = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))
+            if _role(sch, b) is not None]
+    inline_elementwise(sch, keep)
+
+
 def schedule_gemm(sch: s_tir.Schedule, node: Node | None = None) -> None:
     """The schedule of the module docstring, for every accumulator block in `sch`."""
+    inline_epilogue(sch)
     blocks = gemm_blocks(sch)
     placed: set[str] = set()
     for acc in blocks.get("acc", []):
@@ -325,6 +353,10 @@ def schedule_accumulator(sch: s_tir.Schedule, acc) -> set[str]:
             placed.add(sch.get(pack_r[0]).name_hint)
     else:
         outer = sch.fuse(*b, co, ro)
+        pack_l = [p for p in sch.get_producers(acc) if _role(sch, p) == "pack_l"]
+        if pack_l and int(ann.get("pack_l_in_tile", 0)):   # one column panel: Lp used once
+            sch.compute_at(pack_l[0], outer, preserve_unit_loops=True)
+            placed.add(sch.get(pack_l[0]).name_hint)
     if not int(ann.get("serial", 0)):
         sch.parallel(outer)
     unrolled = int(ann.get("unroll_reduction", 0))
@@ -425,17 +457,34 @@ def lower_linear(ctx: LowerContext, x: te.Tensor, weight: te.Tensor,
                  bias: te.Tensor | None = None) -> te.Tensor:
     """x @ weight.T + bias; weight is [N, K] as stored. x's dims before the last two
     are batch dims (the weight panel is packed once for all of them)."""
+    N = weight.shape[0]
+    return _linear(ctx, x, Operand([], N, lambda bi, c, k: weight[c, k]), None, bias)
+
+
+@register_lowering("linear_packed", backend="tvm")
+def lower_linear_packed(ctx: LowerContext, x: te.Tensor, weight: te.Tensor,
+                        bias: te.Tensor | None = None, *, out_features: int) -> te.Tensor:
+    """linear with the weight's column panels packed at compile time: the kernel reads
+    them as its Rp, with no pack stage."""
+    nb = static(weight.shape[-1])
+    rhs = Operand([], index(out_features), lambda bi, c, k: weight[c // nb, k, c % nb])
+    return _linear(ctx, x, rhs, weight, bias)
+
+
+def _linear(ctx: LowerContext, x: te.Tensor, rhs: Operand, packed: te.Tensor | None,
+            bias: te.Tensor | None) -> te.Tensor:
     dtype, acc = ctx.out_dtype(), accumulator_dtype(str(x.dtype))
     x_shape = list(x.shape)
     x_vec = len(x_shape) == 1
     M = index(1) if x_vec else x_shape[-2]
-    N, K = weight.shape
+    K = x_shape[-1]
     batch = [] if x_vec else x_shape[:-2]
     lhs = Operand(batch, M, (lambda bi, r, k: x[k]) if x_vec else
                   (lambda bi, r, k: x[(*bi, r, k)]))
-    rhs = Operand([], N, lambda bi, c, k: weight[c, k])
-    tiling = choose_tiling(M, N, acc)
-    accumulated = panel_gemm("linear", batch, lhs, rhs, K, acc, tiling)
+    tiling = choose_tiling(M, rhs.extent, acc)
+    if packed is not None:
+        tiling = packed_tiling(tiling, static(packed.shape[-1]))
+    accumulated = panel_gemm("linear", batch, lhs, rhs, K, acc, tiling, packed_rhs=packed)
     nbatch = len(batch)
 
     def out(*i):
@@ -451,5 +500,6 @@ def lower_linear(ctx: LowerContext, x: te.Tensor, weight: te.Tensor,
 
 SCHEDULES["matmul"] = schedule_gemm
 SCHEDULES["linear"] = schedule_gemm
+SCHEDULES["linear_packed"] = schedule_gemm
 
 from . import attention, conv  # noqa: E402,F401  (register their lowerings and schedules)

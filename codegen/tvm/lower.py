@@ -2,13 +2,15 @@
 op-family modules attach to the registry.
 
     lower_node(node, name)
-      -> the node's `tvm` lowering from the registry (or UnsupportedOpsError)
+      -> the node's `tvm` lowering from the registry (or UnsupportedOpsError); for a
+         fused node, each body member's lowering in turn, one TE computation
       -> one te.placeholder per input; symbolic dims become int64 tirx.Vars named
          after their symbol, expression dims ("batch*seq") their TIR expression
       -> lowering(ctx, *placeholders, **attrs) -> te.Tensor or a tuple of them
       -> check each output's dtype and shape against the node's declared types
       -> te.create_prim_func(inputs + outputs [+ symbol scalars]), global_symbol=name
-      -> schedule.schedule(func, node)
+      -> schedule.schedule(func, node): a fused group is scheduled by its anchor's
+         schedule (`group_anchor`: GEMM, conv, attention), else by the default one
 
 The parameters are one buffer per node input (in order), then one per output. A
 symbol that no buffer shape holds as a dim of its own (the start of
@@ -32,6 +34,7 @@ from tvm.script.ir_builder import tirx as T
 
 from ...errors import CodegenError, UnsupportedOpsError
 from ...ir.graph import Graph, Node
+from ...ir.registry import CONTRACTION
 # the GEMM module first: its contraction lowerings take precedence over the basic ones
 from . import gemm  # noqa: F401  (matmul, linear, conv, attention + their SCHEDULES)
 from . import lower_elementwise, lower_layout, lower_linalg, lower_reduction  # noqa: F401
@@ -53,14 +56,18 @@ def missing_lowerings(graph: Graph) -> dict[str, list[str]]:
     TVM lowering; empty when every node can be compiled."""
     missing: dict[str, list[str]] = {}
     for node in graph.nodes:
-        if node.op not in NO_KERNEL and BACKEND not in node.opdef.lowerings:
+        if node.body is not None:
+            for op, places in missing_lowerings(node.body).items():
+                missing.setdefault(op, []).extend(places)
+        elif node.op not in NO_KERNEL and BACKEND not in node.opdef.lowerings:
             missing.setdefault(node.op, []).append(_place(node))
     return missing
 
 
 def lower_node(node: Node, name: str, *, lowering: Callable | None = None,
                schedule: _schedule.ScheduleFn | None = None) -> tirx.PrimFunc:
-    """The scheduled PrimFunc computing `node`, exported as `name`.
+    """The scheduled PrimFunc computing `node` (a fused node: its whole body), exported
+    as `name`.
 
     `lowering` and `schedule` replace the registered lowering and the schedule
     `schedule.schedule` would choose (to compile an alternative, e.g. a basic
@@ -68,17 +75,16 @@ def lower_node(node: Node, name: str, *, lowering: Callable | None = None,
     if node.op in NO_KERNEL:
         raise CodegenError(f"{node.format()}: a {node.op} node has no kernel (the runtime "
                            "reads it from the weights)")
-    lowering = lowering or node.opdef.lowerings.get(BACKEND)
-    if lowering is None:
-        raise UnsupportedOpsError("no TVM lowering", {node.op: [_place(node)]})
     ctx = LowerContext(node)
     try:
         inputs = [te.placeholder(ctx.shape(t.shape), tvm_dtype(t.dtype), name=f"in{i}")
                   for i, t in enumerate(ctx.in_types)]
-        for t in ctx.out_types:
-            tvm_dtype(t.dtype)  # refuses packed types before the lowering sees them
-        result = lowering(ctx, *inputs, **node.attrs)
-        outputs = list(result) if isinstance(result, (tuple, list)) else [result]
+        if node.body is not None:
+            outputs = _lower_body(ctx, inputs)
+            schedule_node = group_anchor(node) or node
+        else:
+            outputs = _apply_lowering(ctx, inputs, lowering)
+            schedule_node = node
         outputs = _check_outputs(ctx, outputs, inputs)
         scalars = _unbound_symbols(ctx, inputs + outputs)
         func = te.create_prim_func(inputs + outputs + [ctx.var(s) for s in scalars],
@@ -86,7 +92,7 @@ def lower_node(node: Node, name: str, *, lowering: Callable | None = None,
         if scalars:
             func = func.with_attr(SYMBOL_ARGS_ATTR, scalars)
         # scheduling works on a module's "main"; the exported name is set afterwards
-        func = _schedule.schedule(func, node, schedule)
+        func = _schedule.schedule(func, schedule_node, schedule)
         if ctx.checks:
             func = _with_checks(func, ctx, inputs)
     except CodegenError as e:
@@ -97,6 +103,43 @@ def lower_node(node: Node, name: str, *, lowering: Callable | None = None,
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ctx.fail(f"{type(e).__name__}: {first} (full error in the cause)") from e
     return func.with_attr("global_symbol", name)
+
+
+def _apply_lowering(ctx: LowerContext, inputs: list[te.Tensor],
+                    lowering: Callable | None = None) -> list[te.Tensor]:
+    """The TE tensors of `ctx.node`'s outputs: its lowering applied to `inputs`."""
+    node = ctx.node
+    lowering = lowering or node.opdef.lowerings.get(BACKEND)
+    if lowering is None:
+        raise UnsupportedOpsError("no TVM lowering", {node.op: [_place(node)]})
+    for t in ctx.out_types:
+        tvm_dtype(t.dtype)  # refuses packed types before the lowering sees them
+    result = lowering(ctx, *inputs, **node.attrs)
+    return list(result) if isinstance(result, (tuple, list)) else [result]
+
+
+def _lower_body(kernel: LowerContext, inputs: list[te.Tensor]) -> list[te.Tensor]:
+    """A fused node's body as one TE computation: each member's lowering applied to
+    the tensors of its inputs, in order. Members share the kernel's variables."""
+    body = kernel.node.body
+    assert body is not None
+    env = {id(v): t for v, t in zip(body.inputs, inputs)}
+    for member in body.nodes:
+        ctx = LowerContext(member, kernel)
+        outs = _check_outputs(ctx, _apply_lowering(ctx, [env[id(v)] for v in member.inputs]), [])
+        env.update((id(v), t) for v, t in zip(member.outputs, outs))
+    return [env[id(v)] for v in body.outputs]
+
+
+def group_anchor(node: Node) -> Node | None:
+    """The member of a fused group whose op-specific schedule (`SCHEDULES`) schedules
+    the whole kernel: its contraction, if it has one and that has a schedule."""
+    assert node.body is not None
+    for member in node.body.nodes:
+        if CONTRACTION in member.opdef.traits and (
+                member.op in _schedule.SCHEDULES or member.op in _schedule.BASIC):
+            return member
+    return None
 
 
 def symbol_args(func: tirx.PrimFunc) -> list[str]:

@@ -2,4 +2,4 @@
 
 One module per family; each op is declared once, with `registry.register`.
 """
-from . import creation, elementwise, layout, linalg, reduction  # noqa: F401
+from . import creation, elementwise, fused, layout, linalg, reduction  # noqa: F401

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import symbolic
 from ..dtypes import int32, int64
-from ..registry import LAYOUT, Attr, OpDef, Operand, register, type_error
+from ..registry import LAYOUT, VIEW, Attr, OpDef, Operand, register, type_error
 from ..types import TensorType
 from .common import broadcast_shapes, normalize_axes, normalize_axis, same_dtype
 
@@ -26,7 +26,7 @@ def _reshape_infer(x: TensorType, *, shape) -> TensorType:
 
 
 register(OpDef("reshape", (X,), _reshape_infer, lambda x, *, shape: x.reshape(shape),
-               (Attr("shape", "dims"),), {LAYOUT}))
+               (Attr("shape", "dims"),), {LAYOUT, VIEW}))
 
 
 def _transpose_infer(x: TensorType, *, perm) -> TensorType:
@@ -136,7 +136,7 @@ def _squeeze_infer(x: TensorType, *, axes) -> TensorType:
 
 register(OpDef("squeeze", (X,), _squeeze_infer,
                lambda x, *, axes: np.squeeze(x, axis=tuple(axes)), (Attr("axes", "ints"),),
-               {LAYOUT}))
+               {LAYOUT, VIEW}))
 
 
 def _unsqueeze_infer(x: TensorType, *, axes) -> TensorType:
@@ -148,7 +148,7 @@ def _unsqueeze_infer(x: TensorType, *, axes) -> TensorType:
 
 register(OpDef("unsqueeze", (X,), _unsqueeze_infer,
                lambda x, *, axes: np.expand_dims(x, tuple(axes)), (Attr("axes", "ints"),),
-               {LAYOUT}, doc="axes index the output"))
+               {LAYOUT, VIEW}, doc="axes index the output"))
 
 
 def _flip_infer(x: TensorType, *, axes) -> TensorType:

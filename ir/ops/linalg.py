@@ -60,6 +60,84 @@ register(OpDef("linear", (X, Operand("weight"), Operand("bias", optional=True)),
                _linear, (), {CONTRACTION}, doc="x @ weight.T + bias; weight is [out, in]"))
 
 
+# --- weights packed at compile time (passes/pack.py) -----------------------------------------
+def pack_panels(w: np.ndarray, panel: int) -> np.ndarray:
+    """A weight matrix w[n, k] as column panels: packed[p, k, j] = w[p*panel + j, k], the
+    last panel zero-padded: [ceil(n/panel), k, panel], contiguous. A GEMM kernel reads
+    one panel's k-th row (`panel` output features) as whole vectors."""
+    n, k = w.shape
+    panels = -(-n // panel)
+    padded = np.zeros((panels * panel, k), w.dtype)
+    padded[:n] = w
+    return np.ascontiguousarray(padded.reshape(panels, panel, k).transpose(0, 2, 1))
+
+
+def unpack_panels(packed: np.ndarray, n: int) -> np.ndarray:
+    """The inverse of `pack_panels`: w[n, k]."""
+    panels, k, panel = packed.shape
+    return packed.transpose(0, 2, 1).reshape(panels * panel, k)[:n]
+
+
+def _check_panels(packed: TensorType, rows: symbolic.Dim, k: symbolic.Dim, what: str) -> None:
+    if packed.rank != 3 or not all(isinstance(d, int) for d in packed.shape):
+        raise type_error(f"{what}: the packed weight must be a static [panels, k, panel] "
+                         f"tensor, got {packed}")
+    panels, pk, panel = packed.shape
+    if not isinstance(rows, int) or rows <= 0 or not (panels - 1) * panel < rows <= panels * panel:
+        raise type_error(f"{what}: {rows} output features do not fill {panels} panels of {panel}")
+    if not symbolic.equal(pk, k):
+        raise type_error(f"{what}: the packed weight's reduction length {pk} != the input's {k}")
+
+
+def _linear_packed_infer(x: TensorType, weight: TensorType, bias: TensorType | None = None, *,
+                         out_features) -> TensorType:
+    dtype = same_dtype([x, weight] + ([bias] if bias else []))
+    if not dtype.is_float or x.rank < 1:
+        raise type_error(f"linear_packed needs float x of rank >= 1, got {x}")
+    _check_panels(weight, out_features, x.shape[-1], "linear_packed")
+    if bias is not None and bias.shape != (out_features,):
+        raise type_error(f"bias shape {list(bias.shape)} != [{out_features}]")
+    return TensorType(x.shape[:-1] + (out_features,), dtype)
+
+
+def _linear_packed(x, weight, bias=None, *, out_features):
+    return _linear(x, unpack_panels(weight, out_features), bias)
+
+
+register(OpDef("linear_packed", (X, Operand("weight"), Operand("bias", optional=True)),
+               _linear_packed_infer, _linear_packed,
+               (Attr("out_features", "int", doc="N: the packed weight's real rows"),),
+               {CONTRACTION},
+               doc="linear(x, W, bias) with W [N, K] given as `pack_panels(W, panel)`: "
+                   "[ceil(N/panel), K, panel], packed at compile time"))
+
+
+def _conv_packed_infer(x: TensorType, weight: TensorType, bias: TensorType | None = None, *,
+                       out_channels, kernel, strides, pads, dilations) -> TensorType:
+    if x.rank != len(kernel) + 2 or not kernel:
+        raise type_error(f"conv_packed: x {x} must have rank {len(kernel) + 2} for kernel "
+                         f"{list(kernel)}")
+    _check_panels(weight, out_channels, symbolic.mul(x.shape[1], math.prod(kernel)),
+                  "conv_packed")
+    shape = (out_channels, x.shape[1], *kernel)
+    return _conv_infer(x, TensorType(shape, weight.dtype), bias, strides=strides, pads=pads,
+                       dilations=dilations, groups=1)
+
+
+def _conv_packed(x, weight, bias=None, *, out_channels, kernel, strides, pads, dilations):
+    w = unpack_panels(weight, out_channels).reshape(out_channels, x.shape[1], *kernel)
+    return _conv(x, w, bias, strides=strides, pads=pads, dilations=dilations, groups=1)
+
+
+register(OpDef("conv_packed", (X, Operand("weight"), Operand("bias", optional=True)),
+               _conv_packed_infer, _conv_packed,
+               (Attr("out_channels", "int"), Attr("kernel", "ints"), Attr("strides", "ints"),
+                Attr("pads", "ints", doc="begins then ends"), Attr("dilations", "ints")),
+               {CONTRACTION},
+               doc="conv with one group whose weight W [C_out, C_in, *kernel] is given as "
+                   "`pack_panels(W.reshape(C_out, -1), panel)`, packed at compile time"))
+
+
 def _window_attrs(spatial: int, what: str, **lists) -> None:
     for name, values in lists.items():
         want = 2 * spatial if name == "pads" else spatial

@@ -5,7 +5,7 @@ Kernels (n is a symbolic dim; everything f32 unless said):
     add(A[n,4], B[n,4]) -> C[n,4]           add_bias(A[n,4], B[4]) -> C[n,4]
     relu(A[n,4]) -> R[n,4]                  concat(A[n,4], B[n,4]) -> C[2n,4]
     scale2(A[n,4]) -> B[n,4]  (a parallel loop: needs TVM's runtime library)
-    bf16_to_f32(H: bf16[n]) -> F[n]
+    bf16_to_f32(H: bf16[n]) -> F[n]          relu_flat(A[m]) -> R[m]
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def build_kernels(path: Path) -> Path:
     from tvm import te
 
     n = te.var("n")
+    m = te.var("m")
+    flat = te.placeholder((m,), name="A", dtype="float32")
     a = te.placeholder((n, 4), name="A", dtype="float32")
     b = te.placeholder((n, 4), name="B", dtype="float32")
     bias = te.placeholder((4,), name="B", dtype="float32")
@@ -37,6 +39,8 @@ def build_kernels(path: Path) -> Path:
             i < n, a[i, j], b[te.max(i - n, 0), j]), name="C")],
         "scale2": [a, te.compute((n, 4), lambda i, j: a[i, j] * 2.0, name="S")],
         "bf16_to_f32": [h, te.compute((n,), lambda i: h[i].astype("float32"), name="F")],
+        "relu_flat": [flat, te.compute((m,), lambda i: te.max(flat[i], te.const(0.0, "float32")),
+                                       name="R")],
     }
     mod = tvm.IRModule({k: te.create_prim_func(v).with_attr("global_symbol", k)
                         for k, v in funcs.items()})

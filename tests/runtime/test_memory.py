@@ -32,14 +32,16 @@ def test_a_chain_reuses_two_slots():
     report = memory_report(plan, {"n": 10})
     assert (report.slots, report.intermediates) == (2, 6)
     assert report.planned_bytes == 2 * 10 * 8 * 4 < report.unplanned_bytes == 6 * 10 * 8 * 4
-    assert str(report).startswith("memory plan: 6 intermediates in 2 slots, 640 bytes "
-                                  "instead of 1920 (33%)")
+    assert report.live_peak_bytes == 2 * 10 * 8 * 4
+    assert str(report) == ("memory plan: 6 intermediates in 2 slots (0 in place, 0 views), "
+                           "peak 640 bytes vs 1,920 one buffer each (33%; at least 640 live "
+                           "at once) at {'n': 10}")
 
 
 def test_values_live_at_once_never_share():
     # every t_i is read by the last step: all live together
     steps = [(["x"], [f"t{i}"]) for i in range(4)] + [([f"t{i}" for i in range(4)], ["out"])]
-    assert sorted(assign_slots(make_plan(steps, ["out"])).values()) == [0, 1, 2, 3]
+    assert sorted(assign_slots(make_plan(steps, ["out"]))[0].values()) == [0, 1, 2, 3]
 
 
 def test_a_steps_inputs_and_outputs_do_not_share():
@@ -119,7 +121,7 @@ def _live_steps(plan: Plan) -> dict[str, set[int]]:
 
 @given(random_dags())
 def test_no_two_live_values_share_a_slot(plan):
-    memory = assign_slots(plan)
+    memory, _ = assign_slots(plan)
     live = _live_steps(plan)
     made = [v for s in plan.steps for v in s.outputs]
     assert set(memory) == {v for v in made if v not in plan.output_names}
@@ -132,7 +134,7 @@ def test_no_two_live_values_share_a_slot(plan):
 
 @given(random_dags())
 def test_a_value_opens_a_new_slot_only_when_every_slot_is_busy(plan):
-    memory = assign_slots(plan)
+    memory, _ = assign_slots(plan)
     live = _live_steps(plan)
     first_use: dict[int, str] = {}
     for v in (v for s in plan.steps for v in s.outputs if v in memory):
@@ -145,3 +147,32 @@ def test_a_value_opens_a_new_slot_only_when_every_slot_is_busy(plan):
         for older in range(slot):
             holders = [w for w in memory if memory[w] == older and start in live[w]]
             assert holders, (v, older)
+
+
+@st.composite
+def random_dags_with_candidates(draw):
+    """A random DAG, and for each output a random subset of its step's inputs that its
+    op could overwrite."""
+    plan = draw(random_dags())
+    candidates = {v: tuple(draw(st.lists(st.sampled_from(step.inputs), unique=True)))
+                  for step in plan.steps for v in step.outputs}
+    return plan, candidates
+
+
+@given(random_dags_with_candidates())
+def test_in_place_values_share_only_at_the_overwriting_step(case):
+    plan, candidates = case
+    memory, inplace = assign_slots(plan, candidates=candidates)
+    live = _live_steps(plan)
+    for out, source in inplace.items():
+        assert source in candidates[out] and source in memory
+        assert max(live[source]) == min(live[out])            # the source dies where out is made
+        assert plan.values[source] == plan.values[out]
+    for a in memory:
+        for b in memory:
+            if a < b and memory[a] == memory[b] and live[a] & live[b]:
+                first, second = sorted((a, b), key=lambda v: min(live[v]))
+                assert inplace.get(second) == first, (a, b)
+                assert live[a] & live[b] == {min(live[second])}
+    planned = plan_memory(plan, candidates=candidates)       # the validator accepts it
+    assert planned.num_slots <= plan_memory(plan).num_slots

@@ -86,7 +86,7 @@ def _replace_step(plan: Plan, i: int, **changes) -> Plan:
     (lambda p: dataclasses.replace(p, values={**p.values, "x": f32("batch", 5)}),
      r"signature input x: f32\[batch, 4\] disagrees with values"),
     (lambda p: dataclasses.replace(p, values={**p.values, "ghost": f32(1)}),
-     "values lists %ghost, which no input, constant or step defines"),
+     "values lists %ghost, which no input, constant, step or alias defines"),
     (lambda p: dataclasses.replace(p, constants={"x": "w"}),
      "%x is both a graph input and a constant"),
     (lambda p: dataclasses.replace(p, values={**p.values, "bias": f32("batch")},

@@ -1,0 +1,247 @@
+"""ONNX neural-network ops -> kiln: MatMul, Gemm, Conv, MaxPool, AveragePool, the
+global pools, the normalizations (Batch/Instance/Group/Layer/RMS/Lp/MeanVariance)
+and Attention (onto `scaled_dot_product_attention`)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...ir import Value, symbolic
+from .importer import NodeContext, Unsupported, converter
+
+
+@converter("MatMul")
+def _matmul(ctx: NodeContext):
+    return [ctx.emit("matmul", ctx.input(0), ctx.input(1))]
+
+
+@converter("Gemm", attrs=["alpha", "beta", "transA", "transB"])
+def _gemm(ctx: NodeContext):
+    a, b, c = ctx.input(0), ctx.input(1), ctx.optional_input(2)
+    if ctx.attr("transA", 0):
+        a = ctx.emit("transpose", a, perm=(1, 0))
+    if ctx.attr("transB", 0):
+        b = ctx.emit("transpose", b, perm=(1, 0))
+    y = ctx.emit("matmul", a, b)
+    alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
+    if alpha != 1.0:
+        y = ctx.emit("mul", y, ctx.scalar(alpha, y))
+    if c is not None and beta != 0.0:
+        if beta != 1.0:
+            c = ctx.emit("mul", c, ctx.scalar(beta, c))
+        y = ctx.emit("add", y, c)
+    return [y]
+
+
+# --- windows -------------------------------------------------------------------------------
+def _window(ctx: NodeContext, x: Value, kernel: list[int], *, dilations=None
+            ) -> tuple[list[int], list[int], list[int]]:
+    """(strides, pads, dilations) of a Conv/Pool node, auto_pad resolved."""
+    sp = len(kernel)
+    strides = list(ctx.attr("strides") or [1] * sp)
+    dil = list(dilations or ctx.attr("dilations") or [1] * sp)
+    pads = list(ctx.attr("pads") or [0] * (2 * sp))
+    auto = ctx.attr("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0] * (2 * sp)
+        for i in range(sp):
+            size = x.type.shape[2 + i]
+            if not isinstance(size, int):
+                raise Unsupported(f"auto_pad={auto} on the symbolic dim {size}")
+            out = -(-size // strides[i])
+            total = max((out - 1) * strides[i] + dil[i] * (kernel[i] - 1) + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            pads[i], pads[i + sp] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    elif auto not in ("NOTSET", "VALID"):
+        raise Unsupported(f"auto_pad={auto!r}")
+    return strides, pads, dil
+
+
+@converter("Conv", attrs=["auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"])
+def _conv(ctx: NodeContext):
+    x, w, b = ctx.input(0), ctx.input(1), ctx.optional_input(2)
+    kernel = list(w.type.shape[2:])
+    if not all(isinstance(k, int) for k in kernel):
+        raise Unsupported("a symbolic kernel size")
+    strides, pads, dil = _window(ctx, x, kernel)
+    args = (x, w) + ((b,) if b is not None else ())
+    return [ctx.emit("conv", *args, strides=strides, pads=pads, dilations=dil,
+                     groups=ctx.attr("group", 1))]
+
+
+@converter("MaxPool", attrs=["auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads",
+                             "storage_order", "strides"])
+def _max_pool(ctx: NodeContext):
+    if ctx.wants_output(1):
+        raise Unsupported("the Indices output")
+    x = ctx.input(0)
+    kernel = list(ctx.attr("kernel_shape"))
+    strides, pads, dil = _window(ctx, x, kernel)
+    return [ctx.emit("max_pool", x, kernel=kernel, strides=strides, pads=pads,
+                     ceil_mode=bool(ctx.attr("ceil_mode", 0)), dilations=dil)]
+
+
+@converter("AveragePool", attrs=["auto_pad", "ceil_mode", "count_include_pad", "dilations",
+                                 "kernel_shape", "pads", "strides"])
+def _avg_pool(ctx: NodeContext):
+    x = ctx.input(0)
+    kernel = list(ctx.attr("kernel_shape"))
+    strides, pads, dil = _window(ctx, x, kernel)
+    if any(d != 1 for d in dil):
+        raise Unsupported(f"dilations {dil} (kiln's avg_pool has none)")
+    return [ctx.emit("avg_pool", x, kernel=kernel, strides=strides, pads=pads,
+                     ceil_mode=bool(ctx.attr("ceil_mode", 0)),
+                     count_include_pad=bool(ctx.attr("count_include_pad", 0)))]
+
+
+@converter("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(ctx: NodeContext):
+    x = ctx.input(0)
+    op = "mean" if ctx.op == "GlobalAveragePool" else "max"
+    return [ctx.emit(op, x, axes=tuple(range(2, x.type.rank)), keepdims=True)]
+
+
+# --- normalizations ------------------------------------------------------------------------
+@converter("BatchNormalization", attrs=["epsilon", "momentum", "training_mode"])
+def _batch_norm(ctx: NodeContext):
+    if ctx.attr("training_mode", 0) or ctx.num_outputs > 1:
+        raise Unsupported("training_mode (batch statistics and running-stat outputs)")
+    x, scale, bias, mean, var = (ctx.input(i) for i in range(5))
+    return [ctx.emit("batch_norm", x, mean, var, scale, bias, eps=ctx.attr("epsilon", 1e-5))]
+
+
+@converter("InstanceNormalization", attrs=["epsilon"])
+def _instance_norm(ctx: NodeContext):
+    x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
+    c = x.type.shape[1]
+    if not isinstance(c, int):
+        raise Unsupported("a symbolic channel count")
+    return [ctx.emit("group_norm", x, scale, bias, num_groups=c, eps=ctx.attr("epsilon", 1e-5))]
+
+
+@converter("GroupNormalization", attrs=["epsilon", "num_groups", "stash_type"])
+def _group_norm(ctx: NodeContext):
+    x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
+    if scale.type.shape != (x.type.shape[1],):
+        raise Unsupported(f"scale of shape {list(scale.type.shape)} (per group, opset < 21)")
+    return [ctx.emit("group_norm", x, scale, bias, num_groups=ctx.attr("num_groups"),
+                     eps=ctx.attr("epsilon", 1e-5))]
+
+
+def _norm_stats_outputs(ctx: NodeContext) -> None:
+    if ctx.num_outputs > 1:
+        raise Unsupported("the Mean/InvStdDev outputs")
+
+
+def _affine(ctx: NodeContext, y: Value, scale: Value | None, bias: Value | None) -> Value:
+    if scale is not None:
+        y = ctx.emit("mul", y, scale)
+    if bias is not None:
+        y = ctx.emit("add", y, bias)
+    return y
+
+
+@converter("LayerNormalization", attrs=["axis", "epsilon", "stash_type"])
+def _layer_norm(ctx: NodeContext):
+    _norm_stats_outputs(ctx)
+    x = ctx.input(0)
+    y = ctx.emit("layer_norm", x, axis=ctx.attr("axis", -1), eps=ctx.attr("epsilon", 1e-5))
+    return [_affine(ctx, y, ctx.input(1), ctx.optional_input(2))]
+
+
+@converter("RMSNormalization", attrs=["axis", "epsilon", "stash_type"])
+def _rms_norm(ctx: NodeContext):
+    x = ctx.input(0)
+    y = ctx.emit("rms_norm", x, axis=ctx.attr("axis", -1), eps=ctx.attr("epsilon", 1e-5))
+    return [_affine(ctx, y, ctx.input(1), None)]
+
+
+@converter("LpNormalization", attrs=["axis", "p"])
+def _lp_norm(ctx: NodeContext):
+    x = ctx.input(0)
+    axis, p = ctx.attr("axis", -1) % x.type.rank, ctx.attr("p", 2)
+    if p == 1:
+        norm = ctx.emit("sum", ctx.emit("abs", x), axes=(axis,), keepdims=True)
+    elif p == 2:
+        norm = ctx.emit("sqrt", ctx.emit("sum", ctx.emit("mul", x, x), axes=(axis,),
+                                         keepdims=True))
+    else:
+        raise Unsupported(f"p={p}")
+    zero = ctx.emit("eq", norm, ctx.scalar(0, norm))   # ONNX: a zero norm gives 0
+    safe = ctx.emit("where", zero, ctx.scalar(1, norm), norm)
+    return [ctx.emit("where", zero, ctx.scalar(0, x), ctx.emit("div", x, safe))]
+
+
+@converter("MeanVarianceNormalization", attrs=["axes"])
+def _mvn(ctx: NodeContext):
+    x = ctx.input(0)
+    axes = tuple(a % x.type.rank for a in (ctx.attr("axes") or [0, 2, 3]))
+    mean = ctx.emit("mean", x, axes=axes, keepdims=True)
+    centered = ctx.emit("sub", x, mean)
+    var = ctx.emit("mean", ctx.emit("mul", centered, centered), axes=axes, keepdims=True)
+    std = ctx.emit("sqrt", ctx.emit("add", var, ctx.scalar(1e-9, var)))
+    return [ctx.emit("div", centered, std)]
+
+
+# --- attention -----------------------------------------------------------------------------
+def _heads(ctx: NodeContext, x: Value, heads: int | None, what: str) -> Value:
+    """A 3-D [B, S, heads*D] input as 4-D [B, heads, S, D]."""
+    if x.type.rank == 4:
+        return x
+    if not heads:
+        raise Unsupported(f"3-D {what} without its num_heads attribute")
+    b, s, hd = x.type.shape
+    y = ctx.emit("reshape", x, shape=(b, s, heads, symbolic.floordiv(hd, heads)))
+    return ctx.emit("transpose", y, perm=(0, 2, 1, 3))
+
+
+@converter("Attention", attrs=["is_causal", "kv_num_heads", "q_num_heads", "scale",
+                               "softcap", "qk_matmul_output_mode", "softmax_precision"])
+def _attention(ctx: NodeContext):
+    if ctx.attr("softcap", 0.0):
+        raise Unsupported("softcap")
+    if ctx.attr("qk_matmul_output_mode", 0) or ctx.wants_output(3):
+        raise Unsupported("the qk_matmul_output output")
+    if ctx.has_input(4) or ctx.has_input(5) or ctx.wants_output(1) or ctx.wants_output(2):
+        raise Unsupported("past/present key-value caches")
+    if ctx.num_inputs > 6:
+        raise Unsupported("nonpad_kv_seqlen")
+    q3 = ctx.input(0)
+    q = _heads(ctx, q3, ctx.attr("q_num_heads"), "Q")
+    k = _heads(ctx, ctx.input(1), ctx.attr("kv_num_heads"), "K")
+    v = _heads(ctx, ctx.input(2), ctx.attr("kv_num_heads"), "V")
+    hq, hk = q.type.shape[1], k.type.shape[1]
+    if not (isinstance(hq, int) and isinstance(hk, int)):
+        raise Unsupported("symbolic head counts")
+    if hq != hk:   # grouped-query attention: each kv head serves hq // hk query heads
+        k, v = (_repeat_heads(ctx, t, hq // hk) for t in (k, v))
+    mask = ctx.optional_input(3)
+    causal = bool(ctx.attr("is_causal", 0))
+    scale = ctx.attr("scale")
+    L, S = q.type.shape[2], k.type.shape[2]
+    if causal and mask is not None:
+        if not (isinstance(L, int) and isinstance(S, int)):
+            raise Unsupported("is_causal with a mask on symbolic lengths")
+        keep = ctx.const(np.tril(np.ones((L, S), bool)))
+        if mask.type.dtype.is_bool:
+            mask = ctx.emit("logical_and", mask, keep)
+        else:
+            mask = ctx.emit("where", keep, mask, ctx.scalar(-np.inf, mask))
+        causal = False
+    if mask is not None and not mask.type.dtype.is_bool and mask.type.dtype != q.type.dtype:
+        raise Unsupported(f"a {mask.type.dtype!r} mask on {q.type.dtype!r} inputs")
+    args = (q, k, v) + ((mask,) if mask is not None else ())
+    y = ctx.emit("scaled_dot_product_attention", *args, is_causal=causal, scale=scale)
+    if q3.type.rank == 3:
+        b, h, s, d = y.type.shape
+        y = ctx.emit("reshape", ctx.emit("transpose", y, perm=(0, 2, 1, 3)),
+                     shape=(b, s, symbolic.mul(h, d)))
+    return [y]
+
+
+def _repeat_heads(ctx: NodeContext, t: Value, n: int) -> Value:
+    b, h, s, d = t.type.shape
+    y = ctx.emit("unsqueeze", t, axes=(2,))
+    y = ctx.emit("expand", y, shape=(b, h, n, s, d))
+    return ctx.emit("reshape", y, shape=(b, h * n, s, d))
