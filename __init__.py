@@ -11,12 +11,12 @@ __all__ = ["KilnError", "__version__", "compile", "load"]
 
 
 def compile(model, example_inputs=None, *, target="cpu", dynamic_dims=None, passes=None,
-            cache_dir=None):
+            dump_ir=None, cache_dir=None):
     """Compile a model (nn.Module, ExportedProgram, kiln Graph, .kir path) into a callable
     `CompiledModel` (see `kiln.compiler.compile`). The compiler is imported on first use."""
     from .compiler import compile as compile_model
     return compile_model(model, example_inputs, target=target, dynamic_dims=dynamic_dims,
-                         passes=passes, cache_dir=cache_dir)
+                         passes=passes, dump_ir=dump_ir, cache_dir=cache_dir)
 
 
 def load(path):

@@ -4,7 +4,8 @@
       -> a kiln Graph: torch frontend (nn.Module, ExportedProgram), `.kir` file, or a Graph
       -> passes: PassManager(passes or DEFAULT_PIPELINE), verified after each pass
       -> codegen.tvm.build_graph: one kernel per distinct node, one kernels.so
-      -> a runtime Plan: signature, value specs, constants, steps; memory slots planned
+      -> a runtime Plan: signature, value specs, constants, views, steps; the memory
+         plan of the `plan` pass (slots, in-place steps), or planned here without it
       -> CompiledModel: runs through the runtime's Executor; `save` writes a .kiln
 
 The compiler side imports everything; the `CompiledModel` runs on the runtime alone.

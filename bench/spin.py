@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--idle", type=float, default=0.2, help="seconds asleep after a call")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="passes over the configurations, interleaved; medians reported")
     parser.add_argument("--spin-counts", default="300000",
                         help="TVM_THREAD_POOL_SPIN_COUNT values to compare with kiln's default "
                              "(TVM's own default is 300000)")
@@ -138,8 +140,13 @@ def main() -> None:
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory(prefix="kiln-spin-") as tmp:
             title = prepare(name, Path(tmp), args.threads)
-            for label, engine, spin, ort_spinning in configs:
-                r = run_child(Path(tmp), engine, args, spin=spin, ort_spinning=ort_spinning)
+            runs: dict[str, list[dict[str, float]]] = {c[0]: [] for c in configs}
+            for _ in range(args.repeats):
+                for label, engine, spin, ort_spinning in configs:
+                    runs[label].append(run_child(Path(tmp), engine, args, spin=spin,
+                                                 ort_spinning=ort_spinning))
+            for label, results in runs.items():
+                r = {k: statistics.median(x[k] for x in results) for k in results[0]}
                 print(f"| {title} | {label} | {r['idle_cpu_ms']:.1f} | {r['ms']:.2f} | "
                       f"{r['ms_after_idle']:.2f} |", flush=True)
 

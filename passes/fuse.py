@@ -45,15 +45,14 @@ from .manager import Pass, PassReport, register_pass
 class Fuse(Pass):
     """Fuse elementwise chains, GEMM/conv epilogues, reductions and attention into groups.
 
-    Needs a verified graph without fused nodes; keeps every value the graph returns
-    and every result (the fused graph interprets to the same outputs)."""
+    Needs a verified graph; keeps every value the graph returns and every result (the
+    fused graph interprets to the same outputs). Fused nodes already there are left
+    alone (never grown, never nested), so a second run changes nothing."""
     name: ClassVar[str] = "fuse"
     max_group: int = 16
     attention: bool = True
 
     def run(self, graph: Graph) -> PassReport:
-        if any(n.body is not None for n in graph.nodes):
-            raise KilnError(f"graph {graph.name} is already fused: run 'fuse' once")
         before = kernel_count(graph)
         rewritten = rewrite_attention(graph) if self.attention else 0
         groups = find_groups(graph, self.max_group)
@@ -348,8 +347,9 @@ def _rewrite_one_attention(graph: Graph, pv: Node) -> int:
         graph.erase_node(sdpa)
         return 0
     graph.replace_all_uses_with(pv.output, sdpa.output)
-    for n in [pv, qk] + dead[::-1]:
-        if not any(o.users or any(o is g for g in graph.outputs) for o in n.outputs):
+    for n in [pv, *dead, qk, kt.producer]:     # users before producers
+        if n is not None and n.op != "constant" and not any(
+                o.users or any(o is g for g in graph.outputs) for o in n.outputs):
             graph.erase_node(n)
     return 1
 

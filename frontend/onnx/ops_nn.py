@@ -129,11 +129,6 @@ def _group_norm(ctx: NodeContext):
                      eps=ctx.attr("epsilon", 1e-5))]
 
 
-def _norm_stats_outputs(ctx: NodeContext) -> None:
-    if ctx.num_outputs > 1:
-        raise Unsupported("the Mean/InvStdDev outputs")
-
-
 def _affine(ctx: NodeContext, y: Value, scale: Value | None, bias: Value | None) -> Value:
     if scale is not None:
         y = ctx.emit("mul", y, scale)
@@ -144,10 +139,31 @@ def _affine(ctx: NodeContext, y: Value, scale: Value | None, bias: Value | None)
 
 @converter("LayerNormalization", attrs=["axis", "epsilon", "stash_type"])
 def _layer_norm(ctx: NodeContext):
-    _norm_stats_outputs(ctx)
     x = ctx.input(0)
+    if ctx.num_outputs > 1:
+        return _layer_norm_with_stats(ctx, x)
     y = ctx.emit("layer_norm", x, axis=ctx.attr("axis", -1), eps=ctx.attr("epsilon", 1e-5))
     return [_affine(ctx, y, ctx.input(1), ctx.optional_input(2))]
+
+
+def _layer_norm_with_stats(ctx: NodeContext, x: Value) -> list[Value]:
+    """Y, Mean and InvStdDev, the statistics in the stash type (float32 unless
+    stash_type says double)."""
+    stash = {1: "f32", 11: "f64"}.get(ctx.attr("stash_type", 1))
+    if stash is None:
+        raise Unsupported(f"stash_type {ctx.attr('stash_type')}")
+    axis = ctx.attr("axis", -1) % x.type.rank
+    axes = tuple(range(axis, x.type.rank))
+    xs = x if x.type.dtype.name == stash else ctx.emit("cast", x, dtype=stash)
+    mean = ctx.emit("mean", xs, axes=axes, keepdims=True)
+    centered = ctx.emit("sub", xs, mean)
+    var = ctx.emit("mean", ctx.emit("mul", centered, centered), axes=axes, keepdims=True)
+    inv = ctx.emit("reciprocal", ctx.emit("sqrt", ctx.emit(
+        "add", var, ctx.scalar(ctx.attr("epsilon", 1e-5), var))))
+    y = ctx.emit("mul", centered, inv)
+    if y.type.dtype != x.type.dtype:
+        y = ctx.emit("cast", y, dtype=x.type.dtype)
+    return [_affine(ctx, y, ctx.input(1), ctx.optional_input(2)), mean, inv]
 
 
 @converter("RMSNormalization", attrs=["axis", "epsilon", "stash_type"])
@@ -245,3 +261,43 @@ def _repeat_heads(ctx: NodeContext, t: Value, n: int) -> Value:
     y = ctx.emit("unsqueeze", t, axes=(2,))
     y = ctx.emit("expand", y, shape=(b, h, n, s, d))
     return ctx.emit("reshape", y, shape=(b, h * n, s, d))
+
+
+# --- losses --------------------------------------------------------------------------------
+def nll_loss(ctx: NodeContext, logp: Value, target: Value, weight: Value | None) -> Value:
+    """ONNX NegativeLogLikelihoodLoss on log-probabilities [N, C, d...]."""
+    reduction = ctx.attr("reduction", "mean")
+    if reduction not in ("none", "sum", "mean"):
+        raise Unsupported(f"reduction {reduction!r}")
+    ignore = ctx.attrs.get("ignore_index")
+    index, valid = target, None
+    if ignore is not None:
+        valid = ctx.emit("ne", target, ctx.scalar(ignore, target))
+        index = ctx.emit("where", valid, target, ctx.scalar(0, target))
+    picked = ctx.emit("gather_elements", logp, ctx.emit("unsqueeze", index, axes=(1,)), axis=1)
+    loss = ctx.emit("neg", ctx.emit("squeeze", picked, axes=(1,)))
+    w = ctx.emit("gather", weight, index, axis=0) if weight is not None else None
+    if valid is not None:
+        mask = ctx.emit("cast", valid, dtype=logp.type.dtype)
+        w = mask if w is None else ctx.emit("mul", w, mask)
+    if w is not None:
+        loss = ctx.emit("mul", loss, w)
+    if reduction == "none":
+        return loss
+    total = ctx.emit("sum", loss, axes=(), keepdims=False)
+    if reduction == "sum":
+        return total
+    if w is None:
+        return ctx.emit("mean", loss, axes=(), keepdims=False)
+    return ctx.emit("div", total, ctx.emit("sum", w, axes=(), keepdims=False))
+
+
+@converter("NegativeLogLikelihoodLoss", attrs=["ignore_index", "reduction"])
+def _nll_loss(ctx: NodeContext):
+    return [nll_loss(ctx, ctx.input(0), ctx.input(1), ctx.optional_input(2))]
+
+
+@converter("SoftmaxCrossEntropyLoss", attrs=["ignore_index", "reduction"])
+def _softmax_cross_entropy(ctx: NodeContext):
+    logp = ctx.emit("log_softmax", ctx.input(0), axis=1)
+    return [nll_loss(ctx, logp, ctx.input(1), ctx.optional_input(2)), logp]
