@@ -13,6 +13,11 @@
         run an artifact through the runtime
     kiln inspect OUT.kiln
         signature, plan, kernels, member sizes and peak memory of an artifact
+    kiln export-onnx GRAPH.kir -o OUT.onnx
+        export a graph whose ops all have ONNX equivalents
+    kiln export-mlir GRAPH.kir -o OUT.mlir [--dialect torch|linalg]
+        export through ONNX and torch-mlir's ONNX importer (torch dialect), lowered
+        to linalg-on-tensors by default
 
 Kiln errors print as one message (with file:line:col for parse errors) on stderr
 and exit with status 1, without a Python traceback. torch is imported only by
@@ -155,15 +160,18 @@ def _expand_all_inputs(dynamic: dict, keys) -> dict:
 
 def read_model(path: Path, *, factory: str = "make_model",
                dynamic: dict | None = None) -> Graph:
-    """A kiln graph from a .kir, .pt2 or .py file."""
+    """A kiln graph from a .kir, .onnx, .pt2 or .py file."""
     if not path.exists():
         raise KilnError(f"{path}: no such file")
     if path.suffix in TORCH_SUFFIXES:
         return _import_torch(path, factory, dynamic or {})
     if dynamic:
         raise KilnError(f"--dynamic applies to torch models (.py, .pt2), not to {path}")
+    if path.suffix == ".onnx":
+        from .frontend.onnx import import_model as import_onnx
+        return import_onnx(path)
     if path.suffix != ".kir":
-        raise KilnError(f"{path}: kiln reads .kir, .pt2 and .py models "
+        raise KilnError(f"{path}: kiln reads .kir, .onnx, .pt2 and .py models "
                         f"(not {path.suffix or 'files without a suffix'})")
     return load(path)
 
@@ -171,7 +179,8 @@ def read_model(path: Path, *, factory: str = "make_model",
 # the options `kiln ir` and `kiln compile` share
 ModelArg = Annotated[Path, typer.Argument(
     metavar="MODEL", show_default=False,
-    help="A .py file with a model factory, a .pt2 ExportedProgram, or a .kir file.")]
+    help="A .py file with a model factory, a .pt2 ExportedProgram, an .onnx model, or a "
+         ".kir file.")]
 DynamicOpt = Annotated[list[str], typer.Option(
     "--dynamic", metavar="SYMBOL|INPUT:AXIS=SYMBOL",
     help="Make an axis symbolic (repeatable): INPUT:AXIS=SYMBOL with INPUT a name or a "
@@ -369,6 +378,47 @@ def inspect_command(
     typer.echo(f"memory     {memory_report(plan, bindings)}")
     if "report" in manifest.get("extra", {}):
         typer.echo(f"compile    {manifest['extra']['report']}")
+
+
+# --- kiln export-onnx / export-mlir ----------------------------------------------------------
+GraphArg = Annotated[Path, typer.Argument(
+    metavar="GRAPH", show_default=False,
+    help="A .kir graph (weights from the .safetensors beside it), or any MODEL kiln ir reads.")]
+
+
+@app.command("export-onnx")
+@_reports_kiln_errors
+def export_onnx_command(
+    graph_file: GraphArg,
+    output: Path = typer.Option(..., "-o", "--output", metavar="OUT.onnx",
+                                help="The ONNX model to write."),
+) -> None:
+    """Export a kiln graph to ONNX (every op must have an ONNX equivalent)."""
+    from .export.onnx import save_onnx
+    graph = read_model(graph_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model = save_onnx(graph, output)
+    typer.echo(f"wrote {output}: {len(model.graph.node)} ONNX nodes, opset "
+               f"{model.opset_import[0].version}")
+
+
+@app.command("export-mlir")
+@_reports_kiln_errors
+def export_mlir_command(
+    graph_file: GraphArg,
+    output: Path = typer.Option(..., "-o", "--output", metavar="OUT.mlir",
+                                help="The MLIR module to write."),
+    dialect: str = typer.Option("linalg", "--dialect",
+                                help="torch (torch-mlir's ONNX import) or linalg "
+                                     "(lowered to linalg-on-tensors)."),
+) -> None:
+    """Export a kiln graph to MLIR through ONNX and torch-mlir's ONNX importer."""
+    from .export.mlir import export_mlir
+    graph = read_model(graph_file)
+    text = export_mlir(graph, dialect=dialect)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    typer.echo(f"wrote {output} ({dialect} dialect, {len(text.splitlines())} lines)")
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """`kiln.compile`: a model in, a callable `CompiledModel` out.
 
     compile(model, example_inputs, dynamic_dims=...)
-      -> a kiln Graph: torch frontend (nn.Module, ExportedProgram), `.kir` file, or a Graph
+      -> a kiln Graph: torch frontend (nn.Module, ExportedProgram), ONNX frontend
+         (`.onnx` file, ModelProto), `.kir` file, or a Graph
       -> passes: PassManager(passes or DEFAULT_PIPELINE), verified after each pass
       -> codegen.tvm.build_graph: one kernel per distinct node, one kernels.so
       -> a runtime Plan: signature, value specs, constants, views, steps; the memory
@@ -112,8 +113,8 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "cpu",
             passes: str | Sequence[Pass] | None = None, dump_ir: str | Path | None = None,
             cache_dir: str | Path | bool | None = None,
             on_stage: StageHook | None = None) -> CompiledModel:
-    """Compile `model` (an nn.Module, an ExportedProgram, a kiln Graph or a `.kir`
-    path) for `target`. `dynamic_dims` maps an input name (or position) to
+    """Compile `model` (an nn.Module, an ExportedProgram, an ONNX ModelProto, a kiln
+    Graph, or a `.kir` or `.onnx` path) for `target`. `dynamic_dims` maps an input name (or position) to
     `{axis: "symbol"}`; one compiled model then serves every value of each symbol.
     `passes` is a pipeline spec (`"canonicalize,fuse(max_group=16)"`, see
     kiln.passes.manager) or a list of passes; None runs `DEFAULT_PIPELINE`. `dump_ir`
@@ -160,14 +161,26 @@ def to_graph(model: Any, example_inputs: Any, dynamic_dims: Any) -> Graph:
         if path.suffix == ".kir":
             from .ir import load
             return load(path)
-        raise KilnError(f"cannot compile {path}: kiln reads .kir files and torch models "
-                        "(ONNX files are not supported yet)")
+        if path.suffix == ".onnx":
+            return _import_onnx(path, dynamic_dims)
+        raise KilnError(f"cannot compile {path}: kiln reads .kir and .onnx files "
+                        f"(not {path.suffix or 'files without a suffix'})")
     module = type(model).__module__
+    if module.startswith("onnx") and type(model).__name__ == "ModelProto":
+        return _import_onnx(model, dynamic_dims)
     if module.startswith("torch") or _is_torch_model(model):
         from .frontend.torch import import_model
         return import_model(model, example_inputs, dynamic_dims)
     raise KilnError(f"cannot compile a {type(model).__name__}: kiln takes an nn.Module, an "
-                    "ExportedProgram, a kiln Graph or a .kir path")
+                    "ExportedProgram, an ONNX ModelProto, a kiln Graph, or a .kir or .onnx path")
+
+
+def _import_onnx(model: Any, dynamic_dims: Any) -> Graph:
+    if dynamic_dims:
+        raise KilnError("dynamic_dims does not apply to an ONNX model: its inputs' dim_param "
+                        "names already become kiln symbols")
+    from .frontend.onnx import import_model
+    return import_model(model)
 
 
 def _is_torch_model(model: Any) -> bool:

@@ -91,3 +91,8 @@ class PipelineError(KilnError):
     def __init__(self, message: str, *, pass_name: str | None = None, option: str | None = None):
         self.pass_name, self.option = pass_name, option
         super().__init__(message)
+
+
+class ExportError(KilnError):
+    """A graph could not be exported (to ONNX or MLIR) for a reason other than
+    unsupported ops: a missing tool, or a tool that rejected the model. Names the step."""

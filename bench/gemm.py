@@ -1,19 +1,24 @@
 """Contraction kernels: kiln's TVM kernels vs PyTorch vs ONNX Runtime, interleaved.
 
-    python -m bench.gemm [--cases mm1024,mm2048,bert_linear,resnet_conv,bert_attention]
-                         [--rounds 9] [--threads 2] [--prepacked]
+    python -m bench.gemm [--cases mm2048,bert_linear,resnet50,bert_attention,...]
+                         [--rounds 9] [--threads 2]
+
+Cases: GEMMs (matmul 1024^3 / 2048^3, batched QK^T and PV), linears (BERT's FFN, a
+decode step), every distinct ResNet-50 conv layer (`resnet50` selects all 23, with a
+total weighted by how often each occurs: 53 convs), and attention at BERT, GPT-2
+(causal) and Llama (causal) shapes.
 
 Each case is one kiln node compiled by the registered lowering and schedule (the code
-path `kiln.compile` takes), called with preallocated TVM arrays. Every round calls the
-engines one after another (kiln, torch, ORT), each for about 50 ms of back-to-back
-calls after a 0.25 s pause (the previous engine's spinning worker threads, OpenMP,
-ORT or TVM, go to sleep), so machine noise hits all alike; the table gives each
-engine's median GFLOP/s over the rounds and the ratios. ORT gets the weight of `linear`/`conv` as an
-initializer (as in a model: MLAS pre-packs it); `matmul` has two runtime inputs.
-
-`--prepacked` adds a row per linear case for a kiln kernel that takes its weight
-already in the GEMM's panel layout ([N/64, K, 64]), i.e. what compile-time weight
-pre-packing would give (measured, not built into kiln).
+path `kiln.compile` takes), with a linear/conv weight as a constant packed at compile
+time by the `pack_weights` pass, called with preallocated TVM arrays. Every round
+calls the engines one after another (kiln, torch, ORT), each for about 50 ms of
+back-to-back calls after a 0.25 s pause (the previous engine's spinning worker
+threads, OpenMP, ORT or TVM, go to sleep), so machine noise hits all alike; the table
+gives each engine's median GFLOP/s over the rounds and the ratios. ORT gets the
+weight of `linear`/`conv` as an initializer (as in a model: MLAS pre-packs it);
+`matmul` has two runtime inputs; attention is given to ORT as exported models give
+it (Transpose, MatMul, Mul, causal Add, Softmax, MatMul), to torch as
+F.scaled_dot_product_attention.
 
 TVM sizes its thread pool from TVM_NUM_THREADS (and otherwise uses half the cores on
 x86), so this sets it to --threads before TVM is imported.
@@ -96,8 +101,6 @@ CASES = {
                          [(128, 3072), (768, 3072), (768,)], 2 * 128 * 768 * 3072),
     "decode_linear": Case("linear M1 K768 N3072 (decode step)", "linear",
                           [(1, 768), (3072, 768), (3072,)], 2 * 768 * 3072),
-    "resnet_conv": RESNET50["r50_l1_3x3"],
-    "resnet_1x1": RESNET50["r50_l1_in256"],
     **RESNET50,
     "bert_attention": attention_case("BERT", 12, 128, 64, False),
     "gpt2_attention": attention_case("GPT-2", 12, 128, 64, True),
@@ -105,8 +108,8 @@ CASES = {
 }
 GROUPS = {"resnet50": ",".join(RESNET50)}   # --cases shorthands
 PAUSE_S = 0.25   # before each engine's turn: the last engine's thread pool stops spinning
-DEFAULT = ("mm1024,mm2048,bert_linear,bert_linear2,decode_linear,resnet_conv,resnet_1x1,"
-           "bert_attention")
+DEFAULT = ("mm1024,mm2048,bmm_qk,bmm_pv,bert_linear,bert_linear2,decode_linear,resnet50,"
+           "bert_attention,gpt2_attention,llama_attention")
 
 
 # --- engines ---------------------------------------------------------------------------------

@@ -1,19 +1,31 @@
-"""Model benchmark: kiln vs PyTorch eager vs ONNX Runtime (CPU EP), interleaved.
+"""Model benchmark: kiln vs ONNX Runtime (CPU EP) vs torch.compile (Inductor) vs
+PyTorch eager, interleaved.
 
     python -m bench.models [--models mlp,bert,gpt2,resnet,llama] [--rounds 15] [--threads 2]
+                           [--cold] [--no-inductor]
 
-Per model: kiln compile time, the kiln output's max error against eager, median latency
-of each engine over rounds that alternate the three engines call by call (so machine
-noise hits all alike), the ratios, and peak intermediate memory (kiln's memory plan vs
-one buffer per intermediate). Models are built from configs with random weights.
+Per model: compile times (kiln's `kiln.compile`, with its kernel cache as found, or an
+empty one with --cold; torch.compile's first call, which is when Inductor compiles,
+with Inductor's caches as found or empty with --cold; ORT's export + session), the
+kiln output's max error against eager, the median latency of each engine over rounds
+that alternate the engines call by call (so machine noise hits all alike; two
+warm-up calls each are excluded), the ratios, kiln's kernel calls and distinct
+kernels after fusion, and peak intermediate memory: kiln's memory plan (planned vs one
+buffer per intermediate) and ORT's, read from the arena statistics its profiler
+records per kernel (peak bytes in use during a run minus the bytes in use before it;
+`ort_peak_intermediates`).
+Models are built from configs with random weights.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -79,17 +91,60 @@ def make_case(name: str) -> Case:
     raise SystemExit(f"unknown model {name!r}")
 
 
-def ort_session(case: Case, threads: int):
-    import onnxruntime as ort
+def onnx_bytes(case: Case) -> bytes:
     buf = io.BytesIO()
     torch.onnx.export(case.model, case.inputs, buf, input_names=list(case.input_names),
                       dynamo=False, opset_version=17)
+    return buf.getvalue()
+
+
+def ort_options(threads: int, profile: str | None = None):
+    import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile
+    return options
+
+
+def ort_session(model: bytes, case: Case, threads: int) -> Callable[[], Any]:
+    import onnxruntime as ort
+    session = ort.InferenceSession(model, ort_options(threads), providers=["CPUExecutionProvider"])
     feed = {n: t.numpy() for n, t in zip(case.input_names, case.inputs)}
     return lambda: session.run(None, feed)
+
+
+def ort_peak_intermediates(model: bytes, case: Case, threads: int, tmp: Path) -> int:
+    """Peak bytes of ORT's CPU arena in use during one run beyond what it held before
+    the run (weights), from the memory statistics its profiler records per kernel
+    (`mem_bytes_in_use`, `mem_in_use_delta`, `mem_in_use_peak`; ORT >= 1.31). The run's
+    outputs are allocated in the arena and count; its inputs are the caller's."""
+    import json
+
+    import onnxruntime as ort
+    session = ort.InferenceSession(model, ort_options(threads, str(tmp / "ort-profile")),
+                                   providers=["CPUExecutionProvider"])
+    session.run(None, {n: t.numpy() for n, t in zip(case.input_names, case.inputs)})
+    trace = Path(session.end_profiling())
+    kernels = [e["args"] for e in json.loads(trace.read_text())
+               if e.get("cat") == "Node" and "mem_in_use_peak" in e.get("args", {})]
+    trace.unlink()
+    if not kernels:
+        raise SystemExit("ORT's profile has no per-kernel memory statistics (ORT < 1.31?)")
+    before = int(kernels[0]["mem_bytes_in_use"]) - int(kernels[0]["mem_in_use_delta"])
+    return max(int(k["mem_in_use_peak"]) for k in kernels) - before
+
+
+def inductor(case: Case) -> tuple[Callable[[], Any], float]:
+    """torch.compile (Inductor, default mode) of the model and its compile time: the
+    first call's, when Dynamo traces and Inductor compiles."""
+    torch._dynamo.reset()
+    compiled = torch.compile(case.model)
+    start = time.perf_counter()
+    compiled(*case.inputs)
+    return (lambda: compiled(*case.inputs)), time.perf_counter() - start
 
 
 def interleaved(engines: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
@@ -105,42 +160,94 @@ def interleaved(engines: dict[str, Callable[[], Any]], rounds: int) -> dict[str,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def main() -> None:
+@dataclass
+class Row:
+    name: str
+    ms: dict[str, float]
+    compile_s: dict[str, float]
+    err: float
+    planned_mb: tuple[float, float]       # kiln's plan: planned, one buffer per value
+    ort_mb: float                         # ORT's arena: peak in use during a run
+    report: Any                           # kiln's CompileReport
+
+
+def run_case(name: str, args: argparse.Namespace, cache_dir: str | None, tmp: Path) -> Row:
     import kiln
+    case = make_case(name)
+    compile_s: dict[str, float] = {}
+    start = time.perf_counter()
+    compiled = kiln.compile(case.model, case.inputs, cache_dir=cache_dir)
+    compile_s["kiln"] = time.perf_counter() - start
+    with torch.no_grad():
+        expected = case.model(*case.inputs)
+    got = compiled(*[t.numpy() for t in case.inputs])[0]
+    err = float(np.max(np.abs(got - expected.numpy())))
+    start = time.perf_counter()
+    onnx = onnx_bytes(case)
+    engines: dict[str, Callable[[], Any]] = {"kiln": lambda: compiled(*case.inputs),
+                                             "ort": ort_session(onnx, case, args.threads)}
+    compile_s["ort"] = time.perf_counter() - start
+    with torch.no_grad():
+        if args.inductor:
+            engines["inductor"], compile_s["inductor"] = inductor(case)
+        engines["eager"] = lambda: case.model(*case.inputs)
+        ms = interleaved(engines, args.rounds)
+    memory = compiled.memory({})
+    return Row(case.name, ms, compile_s, err,
+               (memory.planned_bytes / 1e6, memory.unplanned_bytes / 1e6),
+               ort_peak_intermediates(onnx, case, args.threads, tmp) / 1e6, compiled.report)
+
+
+def _ms(row: Row, engine: str) -> str:
+    return f"{row.ms[engine]:.2f}" if engine in row.ms else "-"
+
+
+def _ratio(row: Row, engine: str) -> str:
+    return f"{row.ms[engine] / row.ms['kiln']:.2f}x" if engine in row.ms else "-"
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mlp,bert,gpt2,resnet,llama")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cold", action="store_true",
+                        help="compile with empty kiln and Inductor caches")
+    parser.add_argument("--no-inductor", dest="inductor", action="store_false",
+                        help="leave torch.compile out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for name in args.models.split(","):
-        case = make_case(name)
-        start = time.perf_counter()
-        compiled = kiln.compile(case.model, case.inputs)
-        compile_s = time.perf_counter() - start
-        with torch.no_grad():
-            expected = case.model(*case.inputs)
-        got = compiled(*[t.numpy() for t in case.inputs])[0]
-        err = float(np.max(np.abs(got - expected.numpy())))
-        engines = {"kiln": lambda: compiled(*case.inputs)}
-        with torch.no_grad():
-            engines["eager"] = lambda: case.model(*case.inputs)
-            engines["ort"] = ort_session(case, args.threads)
-            ms = interleaved(engines, args.rounds)
-        memory = compiled.memory({})
-        rows.append((case.name, ms, compile_s, err, memory, compiled.report))
-        print(f"{case.name}: kiln {ms['kiln']:.2f} ms, eager {ms['eager']:.2f} ms, "
-              f"ORT {ms['ort']:.2f} ms; compile {compile_s:.1f} s; max err {err:.1e}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp:
+        cache_dir = None
+        if args.cold:
+            cache_dir = os.path.join(tmp, "kiln-cache")
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tmp, "inductor-cache")
+        for name in args.models.split(","):
+            row = run_case(name, args, cache_dir, Path(tmp))
+            rows.append(row)
+            r = row.report
+            print(f"{row.name}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row.ms.items())
+                  + "; compile " + ", ".join(f"{k} {v:.1f} s" for k, v in row.compile_s.items())
+                  + f" (kiln cache {r.cache_hits} hits, {r.cache_misses} misses); max err "
+                  f"{row.err:.1e}; peak intermediates kiln {row.planned_mb[0]:.1f} MB, "
+                  f"ORT {row.ort_mb:.1f} MB", flush=True)
     print()
-    print(f"| model | kiln ms | eager ms | ORT ms | eager/kiln | ORT/kiln | compile s "
-          f"| max err | kiln peak intermediates MB (unplanned) | kernels |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, ms, compile_s, err, memory, report in rows:
-        print(f"| {name} | {ms['kiln']:.2f} | {ms['eager']:.2f} | {ms['ort']:.2f} | "
-              f"{ms['eager'] / ms['kiln']:.2f}x | {ms['ort'] / ms['kiln']:.2f}x | {compile_s:.1f} | "
-              f"{err:.1e} | {memory.planned_bytes / 1e6:.1f} ({memory.unplanned_bytes / 1e6:.1f}) | "
-              f"{report.kernel_calls} calls / {report.distinct_kernels} distinct |")
+    print("| model | kiln ms | ORT ms | torch.compile ms | eager ms | ORT/kiln "
+          "| torch.compile/kiln | eager/kiln | compile s kiln / Inductor / ORT | max err "
+          "| peak intermediates MB kiln (unplanned) / ORT | kernels after fusion |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        r = row.report
+        compile_s = " / ".join(f"{row.compile_s[k]:.1f}" if k in row.compile_s else "-"
+                               for k in ("kiln", "inductor", "ort"))
+        print(f"| {row.name} | {_ms(row, 'kiln')} | {_ms(row, 'ort')} | "
+              f"{_ms(row, 'inductor')} | {_ms(row, 'eager')} | {_ratio(row, 'ort')} | "
+              f"{_ratio(row, 'inductor')} | {_ratio(row, 'eager')} | {compile_s} | "
+              f"{row.err:.1e} | {row.planned_mb[0]:.1f} ({row.planned_mb[1]:.1f}) / "
+              f"{row.ort_mb:.1f} | "
+              f"{r.kernel_calls} calls / {r.distinct_kernels} distinct "
+              f"({r.cache_hits} cached) |")
 
 
 if __name__ == "__main__":

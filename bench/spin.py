@@ -69,8 +69,8 @@ def child(args: argparse.Namespace) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning",
-                                         "1" if args.ort_spinning else "0")
+        if not args.ort_spinning:                          # ORT spins by default
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(Path(args.dir) / "model.onnx"), options,
                                        providers=["CPUExecutionProvider"])
         feed = {i.name: x for i, x in zip(session.get_inputs(), inputs)}

@@ -37,7 +37,8 @@ def batch_norm_folded(rw: Rewriter, node: Node) -> Value | None:
     params = [rw.constant(v) for v in node.inputs[1:]]
     weight = rw.constant(producer.inputs[1])
     bias = rw.constant(producer.inputs[2]) if len(producer.inputs) > 2 else None
-    if weight is None or any(p is None for p in params) or (len(producer.inputs) > 2 and bias is None):
+    if weight is None or any(p is None for p in params) \
+            or (len(producer.inputs) > 2 and bias is None):
         return None
     mean, var, gamma, beta = (params + [None, None])[:4]
     channels = weight.shape[0]

@@ -26,7 +26,8 @@ def node_key(graph: Graph, node: Node, digests: dict[int, tuple[Any, str]]) -> H
     if node.op == "constant":
         array = graph.constant_array(node)
         if id(array) not in digests:   # holding the array keeps its id from being reused
-            digests[id(array)] = (array, hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest())
+            digest = hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest()
+            digests[id(array)] = (array, digest)
         return ("constant", str(array.dtype), array.shape, digests[id(array)][1])
     traits = get_op(node.op).traits
     if HAS_BODY in traits:
@@ -38,7 +39,8 @@ def node_key(graph: Graph, node: Node, digests: dict[int, tuple[Any, str]]) -> H
     return (node.op, inputs, attrs)
 
 
-def eliminate_common_subexpressions(graph: Graph, digests: dict[int, tuple[Any, str]] | None = None) -> int:
+def eliminate_common_subexpressions(graph: Graph,
+                                    digests: dict[int, tuple[Any, str]] | None = None) -> int:
     """Merge equal nodes in place (one sweep in graph order suffices: users are
     rewritten before they are keyed). Returns how many nodes were merged away.
     Pass the same `digests` dict to repeated calls on one graph to hash each weight once

@@ -230,9 +230,15 @@ def make_fused_node(graph: Graph, group: Group) -> Node:
         for v in node.inputs:
             if (v.producer is None or id(v.producer) not in inside) and v not in external:
                 external.append(v)
+    # a `full` of static shape is copied into the body: the kernel reads an immediate
+    # (pow(x, 2.0) stays x*x) instead of a buffer
+    fills = [v for v in external if _is_static_full(v)]
+    external = [v for v in external if v not in fills]
     name = (group.anchor or group.members[0]).op + "_group"
     body = Graph(name)
     mapping: dict[int, Value] = {id(v): body.add_input(v.name, v.type) for v in external}
+    for v in fills:
+        mapping[id(v)] = body.add_node("full", [], v.producer.attrs, output_names=[v.name]).output
     for node in group.members:
         copy = body.add_node(node.op, [mapping[id(v)] for v in node.inputs], node.attrs,
                              output_types=[v.type for v in node.outputs],
@@ -248,7 +254,15 @@ def make_fused_node(graph: Graph, group: Group) -> Node:
     graph.replace_all_uses_with(out, fused.output)
     for node in reversed(group.members):
         graph.erase_node(node)
+    for v in fills:
+        if not v.users and all(v is not o for o in graph.outputs):
+            graph.erase_node(v.producer)
     return fused
+
+
+def _is_static_full(v: Value) -> bool:
+    return v.producer is not None and v.producer.op == "full" and all(
+        isinstance(d, int) for d in v.type.shape)
 
 
 def reorder(graph: Graph) -> None:

@@ -11,15 +11,18 @@ symbolic, so a slot's size is evaluated per binding at run time (`Plan.slot_byte
 the planner decides with a *representative* size, the bytes under `representative`
 bindings (default: every symbol = `REPRESENTATIVE_DIM`).
 
-The algorithm (`assign_slots`) is greedy best-fit in execution order: at each step,
-release the slots of values last read by an earlier step; then give each new output
+The algorithm (`assign_slots`) has two greedy rounds:
 
-1. the slot of an input it may overwrite (a *candidate*: the compiler names them, see
-   `inplace_candidates`) if that input's storage is an intermediate whose last read is
-   this step, and the step reads that storage only with the output's dtype and shape —
-   the output is then written *in place* (`Plan.inplace`);
-2. else the smallest free slot at least as large as it; if none is, the largest free
-   slot, grown; if no slot is free, a new one.
+1. In place, in execution order: an output overwrites an input it may (a *candidate*:
+   the compiler names them, see `inplace_candidates`) if that input's storage is an
+   intermediate whose last read is this step, and the step reads that storage only
+   with the output's dtype and shape (`Plan.inplace`). The values so linked form a
+   *chain* that lives in one slot, from its first value's step to its last one's
+   last read; every other value is a chain of its own.
+2. By size: chains largest first (ties: earliest first) each take the smallest slot
+   holding no chain whose span meets theirs, else a new slot. Every slot is sized by
+   its first (largest) chain, so bytes go where the big values are, and few slots
+   stay half used (greedy-by-size, as in TFLite's arena planner).
 
 On the graph, the `plan` pass (`PlanMemory`) does this over the nodes that become
 kernels, in order: constants are weights, views (`kiln.ir.registry.is_view`: reshape,
@@ -60,56 +63,66 @@ def assign_slots(plan: Plan, representative: Mapping[str, int] | None = None,
                  candidates: Mapping[str, Sequence[str]] | None = None
                  ) -> tuple[dict[str, int], dict[str, str]]:
     """(intermediate value -> slot id, in-place output -> the input it overwrites), by
-    greedy best-fit with in-place reuse (see the module docstring). `candidates` maps a
+    in-place chains then greedy-by-size (see the module docstring). `candidates` maps a
     step output to the inputs its op may overwrite, in order of preference."""
-    candidates = candidates or {}
     bindings = representative_bindings(plan, representative)
     live = plan.lifetimes()
-    slotted = set(plan.intermediates)
-    slot_size: list[int] = []
-    free: set[int] = set()
-    holder: dict[int, str] = {}                # slot -> the value in it now
-    release_at: dict[int, list[str]] = {}      # step -> values whose last read was before it
+    inplace, chains = _inplace_chains(plan, live, candidates or {})
+    # A chain occupies one slot from its first value's step to its last value's last read.
+    span = {head: (live[chain[0]][0], live[chain[-1]][1]) for head, chain in chains.items()}
+    size = {head: max(plan.values[v].nbytes(bindings) for v in chain)
+            for head, chain in chains.items()}
+    slots: list[list[str]] = []                # slot -> the chains in it (largest first)
     memory: dict[str, int] = {}
+    for head in sorted(chains, key=lambda h: (-size[h], span[h][0])):
+        s, e = span[head]
+        free = [k for k, held in enumerate(slots)
+                if all(span[h][1] < s or e < span[h][0] for h in held)]
+        # every slot is at least this large (largest first): take the smallest free one
+        slot = min(free, key=lambda k: (size[slots[k][0]], k)) if free else len(slots)
+        if not free:
+            slots.append([])
+        slots[slot].append(head)
+        memory.update((v, slot) for v in chains[head])
+    return {v: memory[v] for v in plan.intermediates}, inplace
+
+
+def _inplace_chains(plan: Plan, live: Mapping[str, tuple[int, int]],
+                    candidates: Mapping[str, Sequence[str]]
+                    ) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """In execution order, each output that overwrites a candidate input (`_inplace_source`)
+    joins that input's chain; returns the in-place map and each chain (by its first
+    value), whose values then share one slot."""
+    slotted = set(plan.intermediates)
     inplace: dict[str, str] = {}
+    chains: dict[str, list[str]] = {}
+    head_of: dict[str, str] = {}
     for i, step in enumerate(plan.steps):
-        for v in release_at.pop(i, ()):
-            if holder[memory[v]] == v:         # not taken over by an in-place output
-                free.add(memory[v])
         for v in step.outputs:
             if v not in slotted:
                 continue
-            size = plan.values[v].nbytes(bindings)
-            source = _inplace_source(plan, i, v, candidates.get(v, ()), memory, live, holder)
-            if source is not None:
-                slot = memory[plan.root(source)]
-                inplace[v] = source
+            source = _inplace_source(plan, i, v, candidates.get(v, ()), head_of, chains, live)
+            if source is None:
+                head_of[v] = v
+                chains[v] = [v]
             else:
-                fits = [s for s in free if slot_size[s] >= size]
-                if fits:
-                    slot = min(fits, key=lambda s: (slot_size[s], s))
-                elif free:
-                    slot = max(free, key=lambda s: (slot_size[s], -s))
-                    slot_size[slot] = size
-                else:
-                    slot = len(slot_size)
-                    slot_size.append(size)
-            free.discard(slot)
-            holder[slot] = v
-            memory[v] = slot
-            release_at.setdefault(live[v][1] + 1, []).append(v)
-    return memory, inplace
+                inplace[v] = source
+                head_of[v] = head_of[plan.root(source)]
+                chains[head_of[v]].append(v)
+    return inplace, chains
 
 
 def _inplace_source(plan: Plan, i: int, out: str, sources: Sequence[str],
-                    memory: Mapping[str, int], live: Mapping[str, tuple[int, int]],
-                    holder: Mapping[int, str]) -> str | None:
-    """The first candidate input step `i` may overwrite with `out`, or None."""
+                    head_of: Mapping[str, str], chains: Mapping[str, list[str]],
+                    live: Mapping[str, tuple[int, int]]) -> str | None:
+    """The first candidate input step `i` may overwrite with `out`, or None: its storage
+    is an intermediate, the last of its chain (no other output took it over), last read
+    here, and read here only with `out`'s type."""
     step = plan.steps[i]
     for source in sources:
         root = plan.root(source)
-        if (source in step.inputs and root in memory and live[root][1] == i
-                and holder[memory[root]] == root          # no other output took it here
+        if (source in step.inputs and root in head_of and chains[head_of[root]][-1] == root
+                and live[root][1] == i
                 and all(plan.values[v] == plan.values[out]
                         for v in step.inputs if plan.root(v) == root)):
             return source

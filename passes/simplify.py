@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import KilnError
-from ..ir import Graph, Node, Value, symbolic
+from ..ir import Graph, Node, Value, get_op, symbolic, tensor
 from ..ir.dtypes import DType
 from .manager import Pass, PassReport, register_pass
 from .rewrite import INSPECT_BYTES, Rewriter, RuleSet, rewrite
@@ -173,7 +173,6 @@ def cast_of_lossless_cast(rw: Rewriter, node: Node) -> Value | None:
 def _linear(rw: Rewriter, node: Node, x: Value, weight: Value, bias: Value | None = None
             ) -> Value | None:
     """`linear(x, weight[, bias])` in place of `node`, if it has the node's type."""
-    from ..ir import get_op
     inputs = [x, weight] + ([bias] if bias is not None else [])
     try:
         types = get_op("linear").infer_types([v.type for v in inputs], {})
@@ -207,7 +206,7 @@ def matmul_constant_weight(rw: Rewriter, node: Node) -> Value | None:
 
 
 def _linear_type(x: Value, weight_shape: tuple, dtype: DType):
-    from ..ir import get_op, tensor
+    """The type of `linear(x, w)` for a weight of this shape and dtype (None if invalid)."""
     try:
         return get_op("linear").infer_types([x.type, tensor(dtype, *weight_shape)], {})[0]
     except KilnError:

@@ -1,4 +1,6 @@
 """Settings shared by every kiln test."""
+import os
+
 import pytest
 from hypothesis import settings
 
@@ -19,6 +21,13 @@ class _RepoRootIsNotATestPackage:
         if path == parent.config.rootpath and (path / "__init__.py").is_file():
             return pytest.Dir.from_parent(parent, path=path)
         return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_kernel_cache(tmp_path_factory):
+    """Compiles in tests share one kernel cache per session, never the user's
+    ~/.cache/kiln/kernels (tests that test the cache pass their own folder)."""
+    os.environ["KILN_CACHE_DIR"] = str(tmp_path_factory.mktemp("kernel-cache"))
 
 
 def pytest_configure(config):

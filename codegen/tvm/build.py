@@ -106,6 +106,7 @@ def build_graph(graph: Graph, out_dir: str | Path, target: tvm.target.Target | N
     if kernels:
         link_shared([objects / f"{k.name}.o" for k in sorted(kernels.values(),
                                                             key=lambda k: k.name)], library)
+    shutil.rmtree(objects)                 # linked into the library (and kept in the cache)
     seconds["link"] = time.perf_counter() - start
     return BuildResult(library if kernels else Path(), calls,
                        {k.name: key for key, k in kernels.items()}, seconds, stats, target_text)

@@ -234,7 +234,7 @@ def _to_bfloat16(f: tirx.Expr) -> tirx.Expr:
     lsb = tirx.bitwise_and(tirx.shift_right(bits, tirx.const(16, u32)), tirx.const(1, u32))
     rounded = tirx.shift_right(bits + tirx.const(0x7FFF, u32) + lsb, tirx.const(16, u32))
     nan = tirx.bitwise_or(tirx.shift_right(bits, tirx.const(16, u32)), tirx.const(0x40, u32))
-    out = select(tirx.isnan(f), nan, rounded)
+    out = select(is_nan(f), nan, rounded)
     return tirx.reinterpret("bfloat16", out.astype("uint16"))
 
 
@@ -254,18 +254,34 @@ def select(cond: tirx.Expr, a: tirx.Expr, b: tirx.Expr) -> tirx.Expr:
     return tirx.Select(cond, a, b)
 
 
+_NAN_BITS = {"float32": ("int32", 0x7FFFFFFF, 0x7F800000),
+             "float64": ("int64", 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+
+
+def is_nan(x: tirx.Expr) -> tirx.Expr:
+    """x is NaN, from its bits (|x| above infinity's pattern): TVM's vectorizer
+    scalarizes `tirx.isnan` inside a Select (LLVM then gathers), and TVM simplifies
+    `x != x` to false; integer compares on the bits stay vector instructions."""
+    dtype = dtype_of(x)
+    if dtype not in _NAN_BITS:
+        return tirx.isnan(x)
+    itype, mask, inf = _NAN_BITS[dtype]
+    bits = tirx.reinterpret(itype, x)
+    return tirx.bitwise_and(bits, tirx.const(mask, itype)) > tirx.const(inf, itype)
+
+
 def nan_max(a: tirx.Expr, b: tirx.Expr) -> tirx.Expr:
     """np.maximum: NaN if either is NaN."""
     if not is_float(dtype_of(a)):
         return tirx.max(a, b)
-    return select(tirx.Or(tirx.isnan(widen(a)), widen(a) >= widen(b)), a, b)
+    return select(tirx.Or(is_nan(widen(a)), widen(a) >= widen(b)), a, b)
 
 
 def nan_min(a: tirx.Expr, b: tirx.Expr) -> tirx.Expr:
     """np.minimum: NaN if either is NaN."""
     if not is_float(dtype_of(a)):
         return tirx.min(a, b)
-    return select(tirx.Or(tirx.isnan(widen(a)), widen(a) <= widen(b)), a, b)
+    return select(tirx.Or(is_nan(widen(a)), widen(a) <= widen(b)), a, b)
 
 
 def lowest(dtype: str) -> tirx.Expr:

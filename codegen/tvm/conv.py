@@ -1,8 +1,17 @@
-"""The `conv` lowering and schedule of the TVM CPU backend: N-d convolution (NCHW-style
-layouts, any strides, asymmetric pads, dilations, groups) as an implicit GEMM on the
-template of `gemm.py`, with no im2col.
+"""The `conv` and `conv_packed` lowerings and schedule of the TVM CPU backend: N-d
+convolution (NCHW-style layouts, any strides, asymmetric pads, dilations, groups) as
+an implicit GEMM on the template of `gemm.py`, with no im2col in memory. Two GEMMs:
 
-Per image n and group g the output is a GEMM: rows = the group's output channels,
+- rows GEMM (`lower_conv_rows`; one group, at most ROWS_GEMM_MAX_POSITIONS static
+  output positions: ResNet's 14x14 and 7x7 stages): rows = output positions, columns
+  = output channels (the vector axis), reduction = (input channel, taps). The weight
+  is the column panels: read as packed at compile time (`conv_packed`, from the
+  `pack_weights` pass) or packed per call; the row panels gather the input tile by
+  tile (padding as zeros). The write-back to NCHW (+ bias, + a fused epilogue) is one
+  parallel pass at the root.
+- columns GEMM (`lower_conv_columns`; everything else), below.
+
+Per image n and group gPer image n and group g the output is a GEMM: rows = the group's output channels,
 columns = output positions (the vector axis), reduction = (input channel, tap...).
 The input is packed into *phase planes*, so that every tap reads a contiguous run,
 then into column panels, so that one tile's reads are one contiguous block:
@@ -233,7 +242,7 @@ def lower_conv_rows(ctx: LowerContext, x: te.Tensor, weight: Weight, packed: te.
         valid = tirx.all(*[tirx.all(h >= 0, h < size[i]) for i, h in enumerate(coords)])
         safe = [tirx.max(tirx.min(h, size[i] - index(1)), index(0))
                 for i, h in enumerate(coords)]
-        return tirx.Select(valid, x[(bi[0], c, *safe)], tirx.const(0, x.dtype))
+        return tirx.Select(valid, to_accumulator(x[(bi[0], c, *safe)], acc), tirx.const(0, acc))
 
     def w_at(bi, o, k):
         c, t = tirx.floordiv(k, index(taps)), unravel(tirx.floormod(k, index(taps)), ks)

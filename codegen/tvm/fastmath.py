@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import tirx
 
-from .common import dtype_of, let, select
+from .common import dtype_of, is_nan, let, select
 
 E = tirx.Expr
 
@@ -54,7 +54,7 @@ def _exp(x: E) -> E:
     half = tirx.shift_right(n, tirx.const(1, "int32"))
     out = y * _pow2(half) * _pow2(n - half)
     out = select(x > _c(88.72283905206835), _c(np.inf), select(x < _c(-103.97208), _c(0.0), out))
-    return select(tirx.isnan(x), x, out)
+    return select(is_nan(x), x, out)
 
 
 def expm1(x: E) -> E:

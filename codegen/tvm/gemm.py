@@ -1,7 +1,8 @@
 """Contraction kernels of the TVM CPU backend: the GEMM template (TE compute plus a
-hand-written s_tir schedule) and the `matmul` and `linear` lowerings built on it.
-`conv.py` (conv) and `attention.py` (scaled_dot_product_attention) reuse the template;
-importing this module registers all four lowerings and their schedules (`SCHEDULES`).
+hand-written s_tir schedule) and the `matmul`, `linear` and `linear_packed` lowerings
+built on it. `conv.py` (conv, conv_packed) and `attention.py`
+(scaled_dot_product_attention) reuse the template; importing this module registers
+all six lowerings and their schedules (`SCHEDULES`).
 
 The template, for out[b, r, c] = epilogue(sum_k L[b, r, k] * R[b, k, c]):
 
@@ -14,6 +15,11 @@ The template, for out[b, r, c] = epilogue(sum_k L[b, r, k] * R[b, k, c]):
   (NB = 4 registers per k): MR x NB = 6 x 64 f32 is 24 zmm accumulators on AVX-512;
 - the packs are stages inside the kernel: its parameters keep the IR's row-major
   layout, and packing costs O(K * (rows + cols)) against O(rows * cols * K) compute;
+  a constant weight is packed at compile time instead (`linear_packed`, by the
+  `pack_weights` pass): the kernel reads Rp from its parameter, no pack stage;
+- a fused group's elementwise blocks after `out` (activation, residual add, casts)
+  are inlined with `out` into the last of them (`inline_epilogue`): one epilogue,
+  computed in the output tile;
 - padded rows and columns are computed (from clamped, finite reads) and never stored,
   so any (symbolic) size runs unguarded inner loops;
 - accumulation is in float32 for f16/bf16 (widened in the packs, rounded once in the

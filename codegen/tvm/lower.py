@@ -95,6 +95,8 @@ def lower_node(node: Node, name: str, *, lowering: Callable | None = None,
         func = _schedule.schedule(func, schedule_node, schedule)
         if ctx.checks:
             func = _with_checks(func, ctx, inputs)
+    except UnsupportedOpsError:
+        raise
     except CodegenError as e:
         if str(e).startswith("TVM lowering of"):   # already names the node
             raise

@@ -21,8 +21,8 @@ from tvm.script.ir_builder import tirx as T
 
 from ...ir.registry import register_lowering
 from . import fastmath
-from .common import (LowerContext, const, dtype_of, elementwise, index, is_float, is_signed, let,
-                     load_broadcast, narrow, nan_max, nan_min, numpy_scalar, select, widen)
+from .common import (LowerContext, const, dtype_of, elementwise, index, is_float, is_nan, is_signed,
+                     let, load_broadcast, narrow, nan_max, nan_min, numpy_scalar, select, widen)
 
 E = tirx.Expr
 
@@ -37,7 +37,7 @@ def _ne(a: E, b: E) -> E:
     """a != b, true when either is NaN (TIR's NE on floats is ordered, and the
     simplifier turns !(a == b) into it); bools compare as int8 (LLVM's NE on i1 fails)."""
     if is_float(dtype_of(a)):
-        return tirx.Or(tirx.Or(tirx.isnan(widen(a)), tirx.isnan(widen(b))), tirx.NE(a, b))
+        return tirx.Or(tirx.Or(is_nan(widen(a)), is_nan(widen(b))), tirx.NE(a, b))
     if dtype_of(a) == "bool":
         return tirx.NE(a.astype("int8"), b.astype("int8"))
     return tirx.NE(a, b)
@@ -123,7 +123,7 @@ def _abs(v: E) -> E:
 
 def _sign(v: E) -> E:
     s = select(v > _c(0, v), _c(1, v), select(v < _c(0, v), _c(-1, v), _c(0, v)))
-    return select(tirx.isnan(v), _c(0, v), s) if is_float(dtype_of(v)) else s
+    return select(is_nan(v), _c(0, v), s) if is_float(dtype_of(v)) else s
 
 
 def _float_only(fn: Callable[[E], E]) -> Callable[[E], E]:
@@ -169,7 +169,7 @@ def _clamp(ctx: LowerContext, x: te.Tensor, *, min: float | None, max: float | N
 
 
 register_lowering("isnan", backend="tvm")(
-    lambda ctx, x: elementwise(ctx, [x], lambda v: tirx.isnan(widen(v))))
+    lambda ctx, x: elementwise(ctx, [x], lambda v: is_nan(widen(v))))
 register_lowering("isinf", backend="tvm")(
     lambda ctx, x: elementwise(ctx, [x], lambda v: tirx.isinf(widen(v))))
 register_lowering("logical_not", backend="tvm")(

@@ -22,7 +22,7 @@ from tvm import te, tirx, topi
 
 from ...ir.registry import register_lowering
 from . import fastmath
-from .common import (LowerContext, compute_dtype, const, dtype_of, highest, index, is_float,
+from .common import (LowerContext, compute_dtype, const, dtype_of, highest, index, is_float, is_nan,
                      lowest, nan_max, nan_min, narrow, select, widen)
 
 E = tirx.Expr
@@ -171,7 +171,7 @@ def _arg(better_value: Callable[[E, E], E], name: str):
         w0, w1 = widen(v0), widen(v1)
         take = tirx.Or(better_value(w1, w0), tirx.And(tirx.EQ(w1, w0), i1 < i0))
         if is_float(dtype_of(v0)):
-            n0, n1 = tirx.isnan(w0), tirx.isnan(w1)
+            n0, n1 = is_nan(w0), is_nan(w1)
             take = tirx.Or(tirx.And(n1, tirx.Or(tirx.Not(n0), i1 < i0)),
                            tirx.And(tirx.Not(n0), tirx.And(tirx.Not(n1), take)))
         return select(take, i1, i0), select(take, v1, v0)

@@ -148,14 +148,24 @@ def schedule_injective(sch: s_tir.Schedule, block) -> set[str]:
     outer, inner = loops[:depth], loops[depth:]
     lanes = _lanes(sch, block, extents[depth:]) if inner else 0
     if inner:
-        fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
-        if lanes:
-            rest, vec = sch.split(fused, [None, lanes])
+        last = _static(extents[-1])
+        if lanes and last is not None and last % lanes == 0:
+            # split the innermost axis alone: its index stays affine, so the vectors
+            # load and store contiguously (a fused index's div/mod makes LLVM gather)
+            rest, vec = sch.split(inner[-1], [None, lanes])
             sch.vectorize(vec)
+            rest = sch.fuse(*inner[:-1], rest) if len(inner) > 1 else rest
             if not outer:
                 outer = [rest]
-        elif not outer:
-            outer = [fused]
+        else:
+            fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+            if lanes:
+                rest, vec = sch.split(fused, [None, lanes])
+                sch.vectorize(vec)
+                if not outer:
+                    outer = [rest]
+            elif not outer:
+                outer = [fused]
     elif not outer:
         return moved
     if _worth_parallel(extents, reduce_work):

@@ -341,6 +341,8 @@ def import_with_names(model: "str | os.PathLike | onnx.ModelProto",
     if missing:
         raise UnsupportedOpsError(f"{where}: ONNX model {proto.graph.name or ''}".rstrip(),
                                   missing)
+    external = {t.name: t for t in proto.graph.initializer    # the converters may drop the
+                if t.data_location == TensorProto.EXTERNAL}     # external-data references
     proto = _convert_version(proto, where)
     try:
         proto = onnx.shape_inference.infer_shapes(proto)
@@ -348,7 +350,7 @@ def import_with_names(model: "str | os.PathLike | onnx.ModelProto",
         raise FrontendError(f"{where}: ONNX shape inference failed: {e}") from None
     importer = Importer(Graph(_graph_name(proto)))
     unsupported: dict[str, list[str]] = {}
-    _import_inputs(proto, importer, input_values or {}, base_dir, where, unsupported)
+    _import_inputs(proto, importer, input_values or {}, base_dir, where, unsupported, external)
     for index, node in enumerate(proto.graph.node):
         _convert_node(importer, node, index, where, unsupported)
     outputs = []
@@ -369,7 +371,8 @@ def import_with_names(model: "str | os.PathLike | onnx.ModelProto",
 
 
 def _import_inputs(proto: onnx.ModelProto, importer: Importer, input_values: Mapping[str, Any],
-                   base_dir: Path | None, where: str, unsupported: dict[str, list[str]]) -> None:
+                   base_dir: Path | None, where: str, unsupported: dict[str, list[str]],
+                   external: Mapping[str, TensorProto]) -> None:
     graph = importer.graph
     initializers = {t.name for t in proto.graph.initializer}
     symbols: dict[str, str] = {}
@@ -388,7 +391,7 @@ def _import_inputs(proto: onnx.ModelProto, importer: Importer, input_values: Map
             importer.known[id(value)] = np.asarray(input_values[vi.name])
     for t in proto.graph.initializer:
         try:
-            array = tensor_to_array(t, base_dir, where)
+            array = tensor_to_array(external.get(t.name, t), base_dir, where)
         except Unsupported as e:
             unsupported.setdefault(f"initializer: {e}", []).append(f"{t.name!r} in {where}")
             importer.poisoned.add(t.name)

@@ -9,7 +9,8 @@
 
 The body is a `Graph` of its own (its own value names) whose inputs are the node's
 inputs, in order, and whose outputs are the node's outputs: running the node runs
-the body. Bodies hold no constants (weights come in as inputs) and no fused nodes.
+the body. Bodies hold no constants (weights come in as inputs; a `full` may be
+inside) and no fused nodes.
 `kind` says what the group is built around (the fusion pass fills it; a backend
 picks its schedule by it); `device` and `backend` are filled by placement.
 

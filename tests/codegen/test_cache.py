@@ -210,3 +210,19 @@ def test_a_fully_cached_compile_does_not_import_tvm(tmp_path):
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
         assert out.split() == expected.split()
+
+
+def test_kiln_compile_takes_a_cache_dir(tmp_path):
+    from typer.testing import CliRunner
+
+    from kiln.cli import app
+    from kiln.ir import save
+    save(parse(MLP, weights()), tmp_path / "mlp.kir")
+    runner, cache = CliRunner(), tmp_path / "cache"
+    for option, cached in ((str(cache), "0 from"), (str(cache), "4 from"), ("off", "0 from")):
+        args = ["compile", str(tmp_path / "mlp.kir"), "-o", str(tmp_path / "mlp.kiln"),
+                "--passes", "", "--cache-dir", option]
+        result = runner.invoke(app, args, env={"NO_COLOR": "1", "COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert f"4 distinct kernels ({cached} the kernel cache)" in result.output
+    assert len(entries(cache)) == 4

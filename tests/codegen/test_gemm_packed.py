@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -41,8 +42,8 @@ def run_last_node(graph, arrays: list[np.ndarray]) -> np.ndarray:
     args = [given[id(v)] if id(v) in given else graph.constant_array(v.producer)
             for v in node.inputs]
     lib = tvm.compile(tvm.IRModule({"main": lower_node(node, "main")}), target=cpu_target())
-    out = tvm.runtime.tensor(np.zeros(node.outputs[0].type.shape,
-                                      node.outputs[0].type.dtype.numpy))
+    shape = interpret(graph, arrays)[0].shape    # symbolic dims bound by the inputs
+    out = tvm.runtime.tensor(np.zeros(shape, node.outputs[0].type.dtype.numpy))
     lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args], out)
     return out.numpy()
 
@@ -161,7 +162,9 @@ def _node(op: str, shapes: list[tuple], **attrs):
 
 def _fused(node, lowering, epilogue, schedule, extra_shapes):
     """The anchor's lowering with `epilogue(out, *extras)` stacked after it as
-    te.compute blocks, scheduled by the anchor's schedule; returns (library, func)."""
+    te.compute blocks, scheduled by the anchor's schedule; returns (library, the
+    names of the blocks left, whether the last block runs inside the accumulator's
+    outer (tile) loop)."""
     ctx = LowerContext(node)
     inputs = [te.placeholder(ctx.shape(v.type.shape), "float32", name=f"in{i}")
               for i, v in enumerate(node.inputs)]
@@ -171,9 +174,12 @@ def _fused(node, lowering, epilogue, schedule, extra_shapes):
     sch = s_tir.Schedule(te.create_prim_func([*inputs, *extras, final]))
     schedule(sch, node)
     func = sch.mod["main"]
-    root_blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-    assert not any(n.startswith(("bias_relu", "residual", "cast_back")) for n in root_blocks[:-1])
-    return tvm.compile(tvm.IRModule({"main": func}), target=cpu_target()), func
+    acc = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
+           if sch.get(b).name_hint.endswith("_acc_update")][0]
+    in_tile = sch.get(sch.get_loops(acc)[0]).same_as(
+        sch.get(sch.get_loops(sch.get_sblock(final.op.name))[0]))
+    blocks = re.findall(r'T\.sblock\("(\w+)"\)', func.script())
+    return tvm.compile(tvm.IRModule({"main": func}), target=cpu_target()), blocks, in_tile
 
 
 def _linear_epilogue(out, residual):
@@ -199,8 +205,10 @@ def test_linear_fused_epilogue(m, k, n, packed_weight):
         node = _node("linear", [(m, k), (n, k), (n,)])
         args = [x, w, bias]
         lowering = lower_linear
-    lib, func = _fused(node, lowering, _linear_epilogue, schedule_gemm, [(n,)])
-    assert "T.parallel" in func.script() and "T.vectorized" in func.script()
+    lib, blocks, in_tile = _fused(node, lowering, _linear_epilogue, schedule_gemm, [(n,)])
+    # one epilogue, computed per output tile: the chain inlined into its last block
+    assert not {"linear", "bias_relu", "cast_back"} & set(blocks)
+    assert "residual" in blocks and in_tile
     out = tvm.runtime.tensor(np.zeros((m, n), np.float32))
     lib["main"](*[tvm.runtime.tensor(a) for a in (*args, residual)], out)
     want = np.maximum(x @ w.T + bias, 0) + residual
@@ -219,7 +227,8 @@ def test_conv_fused_epilogue(size):
         relu = te.compute(out.shape, lambda *i: tirx.max(out(*i), tirx.const(0, "float32")),
                           name="bias_relu")
         return te.compute(out.shape, lambda *i: relu(*i) + res(*i), name="residual")
-    lib, _ = _fused(node, lower_conv, epilogue, schedule_conv, [residual.shape])
+    lib, blocks, _ = _fused(node, lower_conv, epilogue, schedule_conv, [residual.shape])
+    assert not {"conv", "bias_relu"} & set(blocks) and "residual" in blocks   # one epilogue
     out = tvm.runtime.tensor(np.zeros((1, o, size, size), np.float32))
     lib["main"](*[tvm.runtime.tensor(a) for a in (x, w, bias, residual)], out)
     b = GraphBuilder("g")

@@ -36,7 +36,7 @@ from tvm import te
 from kiln.codegen.tvm import SCHEDULES, cpu_target, lower_node, missing_lowerings, symbol_args
 from kiln.codegen.tvm import fastmath, lower_linalg
 from kiln.errors import CodegenError, UnsupportedOpsError
-from kiln.ir import GraphBuilder, TensorType, all_ops, dtype, get_op, interpret, tensor
+from kiln.ir import GraphBuilder, TensorType, all_ops, dtype, get_op, interpret, parse, tensor
 from kiln.ir.interpret import bind_inputs
 from tests.ir.op_testing import assert_close
 
@@ -78,6 +78,7 @@ class Case:
     inputs: list[np.ndarray]
     attrs: dict[str, Any] = field(default_factory=dict)
     reduce_size: int = 1     # scales the float tolerance (sums, dot products)
+    body: str | None = None  # a fused node's body, as .kir text
 
     @property
     def name(self) -> str:
@@ -88,6 +89,9 @@ class Case:
         b = GraphBuilder(self.op)
         values = [b.input(f"x{i}", TensorType(a.shape, dtype(a.dtype)))
                   for i, a in enumerate(self.inputs)]
+        if self.body is not None:
+            return b.build(*b.graph.add_node(self.op, values, self.attrs,
+                                             body=parse(self.body)).outputs)
         out = b.op(self.op, *values, **self.attrs)
         return b.build(*(out if isinstance(out, tuple) else (out,)))
 
@@ -307,6 +311,41 @@ for _dt in ("f32", "bf16", "f64"):
     case("scaled_dot_product_attention", q, k, v, arr(_dt, (1, 5, 6)), reduce_size=8)
 for _dt in ("i8", "u8", "i32", "i64"):
     case("matmul", full_range(_dt, (3, 5, 16)), full_range(_dt, (16, 4)))
+
+
+# fused groups: an elementwise chain with broadcasting, a reduction with its prologue and
+# epilogue (rms-norm written out, with a `full` inside), a GEMM with bias, gelu and residual
+CASES.append(Case("fused", [arr("f32", (3, 4, 16)), arr("f32", (16,))], body="""\
+graph chain(%x: f32[3, 4, 16], %y: f32[16]) {
+  %a: f32[3, 4, 16] = add(%x, %y)
+  %b: f32[3, 4, 16] = tanh(%a)
+  %c: f32[3, 4, 16] = mul(%b, %x)
+  return %c
+}
+"""))
+CASES.append(Case("fused", [arr("f32", (2, 5, 32)), arr("f32", (32,))], reduce_size=32,
+                  attrs={"kind": "reduction"}, body="""\
+graph rms(%x: f32[2, 5, 32], %w: f32[32]) {
+  %two: f32[] = full() {shape=[], value=2.0}
+  %sq: f32[2, 5, 32] = pow(%x, %two)
+  %ms: f32[2, 5, 1] = mean(%sq) {axes=[-1], keepdims=true}
+  %r: f32[2, 5, 1] = rsqrt(%ms)
+  %n: f32[2, 5, 32] = mul(%x, %r)
+  %out: f32[2, 5, 32] = mul(%w, %n)
+  return %out
+}
+"""))
+CASES.append(Case("fused", [arr("f32", (7, 24)), arr("f32", (24, 40)), arr("f32", (40,)),
+                            arr("f32", (7, 40))], reduce_size=24, attrs={"kind": "contraction"},
+                  body="""\
+graph gemm(%x: f32[7, 24], %w: f32[24, 40], %b: f32[40], %r: f32[7, 40]) {
+  %mm: f32[7, 40] = matmul(%x, %w)
+  %biased: f32[7, 40] = add(%mm, %b)
+  %act: f32[7, 40] = gelu(%biased)
+  %out: f32[7, 40] = add(%act, %r)
+  return %out
+}
+"""))
 
 
 # --- running --------------------------------------------------------------------------------

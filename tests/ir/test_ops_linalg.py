@@ -16,6 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 from kiln.ir import tensor
 from kiln.ir import symbolic
+from kiln.ir.ops.linalg import pack_panels, unpack_panels
 from tests.ir.op_testing import (FLOAT_DTYPES, INT_DTYPES, NUMERIC_DTYPES, arrays, assert_close,
                                  build, check_op, exercises, infer, infer_error, run, shapes,
                                  to_torch, torch_dtype)
@@ -120,6 +121,49 @@ def test_conv(data, w, groups, with_bias):
     check_op("conv", inputs, {"strides": w["strides"], "pads": w["pads"],
                               "dilations": w["dilations"], "groups": groups},
              expected, reduce_size=c_in // groups * math.prod(w["kernel"]) * 4)
+
+
+@exercises("linear_packed")
+@given(data=st.data(), with_bias=st.booleans(), panel=st.sampled_from([1, 4, 16]))
+def test_linear_packed(data, with_bias, panel):
+    """linear on a weight given as `pack_panels(W, panel)` equals linear on W."""
+    dt = data.draw(st.sampled_from(FLOAT_DTYPES))
+    lead = data.draw(shapes(max_dims=2, max_side=3))
+    k, n = data.draw(st.integers(0, 5)), data.draw(st.integers(1, 20))
+    x = data.draw(arrays(dt, lead + (k,), low=-4, high=4))
+    w = data.draw(arrays(dt, (n, k), low=-4, high=4))
+    bias = [data.draw(arrays(dt, (n,), low=-4, high=4))] if with_bias else []
+    expected = F.linear(*(to_torch(v) for v in [x, w] + bias))
+    check_op("linear_packed", [x, pack_panels(w, panel)] + bias, {"out_features": n}, expected,
+             reduce_size=max(k, 1) * 16)
+
+
+@exercises("conv_packed")
+@given(data=st.data(), w=window(), with_bias=st.booleans(), panel=st.sampled_from([1, 3, 8]))
+def test_conv_packed(data, w, with_bias, panel):
+    """conv on a weight given as `pack_panels(W.reshape(O, -1), panel)` equals conv on W."""
+    dt = data.draw(st.sampled_from(FLOAT_DTYPES))
+    c_in, c_out = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 5))
+    x = data.draw(arrays(dt, (data.draw(st.integers(0, 2)), c_in) + w["sizes"], low=-2, high=2))
+    weight = data.draw(arrays(dt, (c_out, c_in) + tuple(w["kernel"]), low=-2, high=2))
+    bias = [data.draw(arrays(dt, (c_out,), low=-2, high=2))] if with_bias else []
+    conv = getattr(F, f"conv{len(w['kernel'])}d")
+    wide = lambda a: to_torch(a).double()  # noqa: E731  (torch's bf16 conv3d varied run to run)
+    expected = conv(F.pad(wide(x), _torch_pads(w["pads"])), wide(weight),
+                    wide(bias[0]) if with_bias else None, stride=w["strides"],
+                    dilation=w["dilations"]).to(torch_dtype(dt))
+    attrs = {"out_channels": c_out, "kernel": w["kernel"], "strides": w["strides"],
+             "pads": w["pads"], "dilations": w["dilations"]}
+    check_op("conv_packed", [x, pack_panels(weight.reshape(c_out, -1), panel)] + bias, attrs,
+             expected, reduce_size=c_in * math.prod(w["kernel"]) * 4)
+
+
+def test_pack_panels_round_trips():
+    w = np.arange(70 * 3, dtype=np.float32).reshape(70, 3)
+    packed = pack_panels(w, 64)
+    assert packed.shape == (2, 3, 64) and packed.flags.c_contiguous
+    assert packed[1, 2, 5] == w[69, 2] and not packed[1, :, 6:].any()
+    np.testing.assert_array_equal(unpack_panels(packed, 70), w)
 
 
 def _pool_input(data, w, dtypes):
@@ -306,6 +350,15 @@ def test_symbolic_window_dims_agree_with_every_size(op, ceil_mode, kernel, strid
     ("linear", [tensor("f32", 2, 3), tensor("f32", 4, 2)], {}, "in-features"),
     ("linear", [tensor("f32", 2, 3), tensor("f32", 4, 3), tensor("f32", 3)], {}, "bias shape"),
     ("linear", [tensor("i32", 2, 3), tensor("i32", 4, 3)], {}, "float"),
+    ("linear_packed", [tensor("f32", 2, 3), tensor("f32", 2, 3, 4)], {"out_features": 9},
+     "do not fill"),
+    ("linear_packed", [tensor("f32", 2, 3), tensor("f32", 2, 4, 4)], {"out_features": 8},
+     "reduction length"),
+    ("linear_packed", [tensor("f32", 2, 3), tensor("f32", 3, 4)], {"out_features": 3},
+     "static \\[panels"),
+    ("conv_packed", [tensor("f32", 1, 2, 5), tensor("f32", 1, 5, 4)],
+     {"out_channels": 3, "kernel": (3,), "strides": (1,), "pads": (0, 0), "dilations": (1,)},
+     "reduction length"),
     ("conv", [tensor("f32", 1, 4, 5), tensor("f32", 2, 3, 3)],
      {"strides": (1,), "pads": (0, 0), "dilations": (1,)}, "in-channels"),
     ("conv", [tensor("f32", 1, 4, 5), tensor("f32", 3, 2, 3)],

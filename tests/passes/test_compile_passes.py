@@ -12,6 +12,7 @@ import kiln
 from kiln.cli import app
 from kiln.errors import PipelineError
 from kiln.ir import GraphBuilder, example_inputs, interpret, load, save, tensor
+from kiln.passes import DEFAULT_PIPELINE, parse_pipeline
 
 PLAIN = {"COLUMNS": "200", "NO_COLOR": "1", "FORCE_COLOR": None, "TTY_COMPATIBLE": None}
 
@@ -48,7 +49,7 @@ def test_compile_runs_the_pipeline_and_reports_each_pass(tmp_path):
 def test_compile_runs_the_default_pipeline():
     compiled = kiln.compile(model())
     assert [r.name for r in compiled.report.passes] == \
-        [p.strip().split("(")[0] for p in kiln.passes.DEFAULT_PIPELINE.split(",")]
+        [p.name for p in parse_pipeline(DEFAULT_PIPELINE)]
 
 
 def test_cli_passes_report_and_dump_ir(tmp_path: Path):

@@ -9,6 +9,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+from kiln.compiler import copy_graph
 from kiln.errors import PipelineError, VerifyError
 from kiln.ir import Graph, GraphBuilder, graphs_equal, load, tensor
 from kiln.passes import DEFAULT_PIPELINE, Pass, PassManager, PassReport, parse_pipeline, \
@@ -248,8 +249,6 @@ def test_a_pass_must_return_a_report():
 
 def test_dump_ir_writes_loadable_kir_before_and_after_each_pass(tmp_path):
     graph = small_graph()
-    original = graph
-    from kiln.compiler import copy_graph
     original = copy_graph(graph)
     PassManager("simplify,constant_fold,dce", dump_ir=tmp_path / "dumps").run(graph)
     names = sorted(p.name for p in (tmp_path / "dumps").iterdir())

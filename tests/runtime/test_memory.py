@@ -63,7 +63,8 @@ def test_an_unread_value_is_freed_after_its_step():
 
 
 def test_best_fit_takes_the_smallest_free_slot_that_fits():
-    # big (n*64) and small (n*8) die together; mid (n*4) fits both and takes small's slot
+    # big (n*64) and small (n*8) die together; mid (n*4) may join either: it joins the
+    # smaller
     specs = {"big": f32("n", 64), "small": f32("n", 8), "mid": f32("n", 4)}
     steps = [(["x"], ["big", "small"]), (["big", "small"], ["t"]), (["t"], ["mid"]),
              (["mid"], ["out"])]
@@ -71,8 +72,9 @@ def test_best_fit_takes_the_smallest_free_slot_that_fits():
     assert plan.memory["mid"] == plan.memory["small"] != plan.memory["big"]
 
 
-def test_when_nothing_free_fits_the_largest_free_slot_grows():
-    # at huge's step, a's slot (n*2) and b's (n*4) are free and too small: b's grows
+def test_the_largest_value_places_first_and_sizes_its_slot():
+    # huge (n*100) takes slot 0 first; t (n*8) meets it; b (n*4) joins huge's slot (they
+    # never meet); a (n*2) meets both b and t: a third slot
     specs = {"a": f32("n", 2), "b": f32("n", 4), "huge": f32("n", 100)}
     steps = [(["x"], ["a"]), (["x"], ["b"]), (["a", "b"], ["t"]), (["t"], ["huge"]),
              (["huge"], ["out"])]
@@ -136,17 +138,18 @@ def test_no_two_live_values_share_a_slot(plan):
 def test_a_value_opens_a_new_slot_only_when_every_slot_is_busy(plan):
     memory, _ = assign_slots(plan)
     live = _live_steps(plan)
-    first_use: dict[int, str] = {}
-    for v in (v for s in plan.steps for v in s.outputs if v in memory):
-        slot = memory[v]
-        if slot in first_use and first_use[slot] != v:
-            continue
-        first_use[slot] = v
-        start = min(live[v])
-        # a new slot: every older slot holds a value live at this value's first step
-        for older in range(slot):
-            holders = [w for w in memory if memory[w] == older and start in live[w]]
-            assert holders, (v, older)
+    members: dict[int, list[str]] = {}
+    for v, slot in memory.items():
+        members.setdefault(slot, []).append(v)
+    # the value that opened slot k met a value in every older slot (largest first, so
+    # it is one of slot k's largest values, with those of k > 0 no larger than slot 0's)
+    bindings = {"n": 64}
+    size = {v: plan.values[v].nbytes(bindings) for v in memory}
+    for slot in sorted(members)[1:]:
+        largest = max(size[v] for v in members[slot])
+        assert largest <= max(size[v] for v in members[slot - 1])
+        assert any(all(any(live[v] & live[w] for w in members[older]) for older in range(slot))
+                   for v in members[slot] if size[v] == largest), slot
 
 
 @st.composite
