@@ -268,3 +268,32 @@ def test_fused_models_match_and_compile(name):
             inputs = [np.asarray(x % 100) for x in inputs]
         for got, want in zip(compiled(*inputs), interpret(original, inputs), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
+
+
+@pytest.mark.parametrize("text", [
+    """\
+graph g(%q: f32[2, 4, 16, 8], %k: f32[2, 4, 16, 8], %v: f32[2, 4, 16, 8]) {
+  %a: f32[2, 4, 16, 8] = scaled_dot_product_attention(%q, %k, %v) {is_causal=true}
+  %b: f32[2, 4, 16, 8] = relu(%a)
+  %c: f32[2, 4, 16, 8] = mul(%b, %q)
+  return %c
+}
+""", """\
+graph g(%x: f32[batch, 8, 10, 10], %w: f32[16, 8, 3, 3], %bias: f32[16], %r: f32[batch, 16, 10, 10]) {
+  %y: f32[batch, 16, 10, 10] = conv(%x, %w, %bias) {strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1]}
+  %z: f32[batch, 16, 10, 10] = add(%y, %r)
+  %out: f32[batch, 16, 10, 10] = relu(%z)
+  return %out
+}
+"""], ids=["attention", "conv"])
+def test_anchor_with_epilogue_compiles_to_one_kernel(text):
+    graph = parse(text)
+    original = copy_graph(graph)
+    PassManager("fuse").run(graph)
+    [fused] = [n for n in graph.nodes if n.body is not None]
+    assert fused.attrs["kind"] in ("attention", "contraction")
+    compiled = kiln_compile(graph, passes="")
+    assert compiled.report.kernel_calls == 1
+    inputs = example_inputs(graph, {"batch": 2}, seed=5)
+    np.testing.assert_allclose(compiled(*inputs)[0], interpret(original, inputs)[0],
+                               rtol=1e-4, atol=1e-5)

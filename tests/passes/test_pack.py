@@ -37,15 +37,15 @@ def test_pack_weights_rewrites_constant_contractions():
     original = copy_graph(graph)
     [report] = PassManager("pack_weights(panel=64)").run(graph)
     assert report.counts == {"linear_packed": 1, "matmul_packed": 1, "conv_packed": 1,
-                             "weights_packed": 3, "bytes_packed": 4 * (2 * 12 * 64 + 12 * 12
-                                                                       + 27 * 8)}
+                             "weights_packed": 3, "bytes_packed": 4 * (2 * 12 * 64 + 12 * 16
+                                                                       + 27 * 16)}
     ops = collections.Counter(n.op for n in graph.nodes)
     assert ops["linear_packed"] == 2 and ops["conv_packed"] == 1 and not graph.constants.keys() \
         & {"w", "wm", "wc"}
     packed = {k: v for k, v in graph.constants.items()}
     np.testing.assert_array_equal(unpack_panels(packed["w.packed"], 100), w)
     np.testing.assert_array_equal(unpack_panels(packed["wm.packed"], 10), wm.T)
-    assert packed["wm.packed"].shape == (1, 12, 12)       # 10 columns: one 12-wide panel
+    assert packed["wm.packed"].shape == (1, 12, 16)       # 10 columns: one 16-wide panel
     np.testing.assert_array_equal(unpack_panels(packed["wc.packed"], 8), wc.reshape(8, -1))
     assert_same_results(original, graph, bindings={"n": 5})
     assert_idempotent("pack_weights", graph)
