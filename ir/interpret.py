@@ -20,10 +20,11 @@ from . import registry, symbolic
 from .graph import Graph, Node, Value
 
 
-def bind_inputs(graph: Graph, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray]
-                ) -> tuple[list[np.ndarray], dict[str, int]]:
+def bind_inputs(graph: Graph, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray],
+                known: Mapping[str, int] | None = None) -> tuple[list[np.ndarray], dict[str, int]]:
     """Check `inputs` against the graph's signature; return them in order with the
-    symbol bindings they imply. Raises `InterpretError` naming the input at fault."""
+    symbol bindings they imply (on top of `known`, e.g. the bindings of the graph a
+    fused body runs in). Raises `InterpretError` naming the input at fault."""
     if isinstance(inputs, Mapping):
         names = [v.name for v in graph.inputs]
         missing = [n for n in names if n not in inputs]
@@ -37,7 +38,7 @@ def bind_inputs(graph: Graph, inputs: Sequence[np.ndarray] | Mapping[str, np.nda
         if len(arrays) != len(graph.inputs):
             raise InterpretError(f"graph {graph.name} takes {len(graph.inputs)} inputs "
                                  f"({[v.name for v in graph.inputs]}), got {len(arrays)}")
-    bindings: dict[str, int] = {}
+    bindings: dict[str, int] = dict(known or {})
     out = []
     for value, array in zip(graph.inputs, arrays):
         array = np.asarray(array)
@@ -76,16 +77,17 @@ def _check_result(node: Node, value: Value, array: np.ndarray, bindings: Mapping
                              f"{value.type.dtype.numpy}{list(expected)}")
 
 
-def interpret(graph: Graph, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray]
-              ) -> list[np.ndarray]:
-    """Run `graph` on NumPy `inputs` (a list in input order, or a name -> array map)."""
-    arrays, bindings = bind_inputs(graph, inputs)
+def interpret(graph: Graph, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray],
+              bindings: Mapping[str, int] | None = None) -> list[np.ndarray]:
+    """Run `graph` on NumPy `inputs` (a list in input order, or a name -> array map);
+    `bindings` gives symbols the inputs may not bind alone (a fused body's)."""
+    arrays, bindings = bind_inputs(graph, inputs, bindings)
     env: dict[int, np.ndarray] = {id(v): a for v, a in zip(graph.inputs, arrays)}
     for node in graph.nodes:
         if node.op == "constant":
             results: tuple[np.ndarray, ...] = (graph.constants[node.attrs["ref"]],)
         elif node.body is not None:
-            results = tuple(interpret(node.body, [env[id(v)] for v in node.inputs]))
+            results = tuple(interpret(node.body, [env[id(v)] for v in node.inputs], bindings))
         else:
             opdef = registry.get_op(node.op)
             args = [env[id(v)] for v in node.inputs]

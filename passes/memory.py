@@ -20,9 +20,9 @@ The algorithm (`assign_slots`) has two greedy rounds:
    *chain* that lives in one slot, from its first value's step to its last one's
    last read; every other value is a chain of its own.
 2. By size: chains largest first (ties: earliest first) each take the smallest slot
-   holding no chain whose span meets theirs, else a new slot. Every slot is sized by
-   its first (largest) chain, so bytes go where the big values are, and few slots
-   stay half used (greedy-by-size, as in TFLite's arena planner).
+   holding no chain whose span meets theirs, else a new slot (the greedy-by-size
+   order of TFLite's arena planner). A slot's first chain is its largest at the
+   representative size, so small values fill the gaps between big ones.
 
 On the graph, the `plan` pass (`PlanMemory`) does this over the nodes that become
 kernels, in order: constants are weights, views (`kiln.ir.registry.is_view`: reshape,

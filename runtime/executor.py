@@ -40,7 +40,7 @@ import numpy as np
 from ..errors import ArtifactError, DimExpressionError, KernelError, RuntimeInputError
 from . import dims, dtypes, ffi
 from .buffers import ALIGNMENT, aligned_copy, aligned_empty, ensure_aligned, is_aligned
-from .plan import Plan, Port, Signature
+from .plan import Plan, Port, Signature, Step
 
 DEFAULT_MAX_CACHED_BINDINGS = 8
 
@@ -132,17 +132,7 @@ class Executor:
     def run(self, prepared: Prepared) -> list[np.ndarray]:
         """Run the steps on prepared inputs; return the graph outputs as NumPy arrays."""
         with self._lock:
-            memory = self._memory(prepared.bindings)
-            env = dict(self._constant_tensors)
-            env.update(memory.tensors)
-            env.update(zip(self.plan.input_names, prepared.tensors))
-            made: dict[str, np.ndarray] = {}
-            for name, shape, dtype in memory.outputs:
-                made[name] = aligned_empty(shape, dtype)
-                env[name] = ffi.to_tensor(made[name])
-            for view, root, shape in memory.views:
-                env[view] = ffi.to_tensor(_reshaped(self._array(root, prepared, made), shape,
-                                                    view, root))
+            env, made, memory = self._environment(prepared)
             for i, step, kernel in self._steps:
                 try:
                     kernel(*[env[v] for v in step.args])
@@ -151,6 +141,32 @@ class Executor:
                     raise KernelError(f"kernel {step.kernel!r} (step {i} of plan "
                                       f"{self.plan.name!r}) failed: {e}{where}") from e
         return self._results(prepared, made, memory.shapes)
+
+    def step_arguments(self, prepared: Prepared) -> list[tuple[Step, Any, list[Any]]]:
+        """Each step with its kernel function and the tensors a run on `prepared` calls
+        it with (the executor's own buffers), for profiling one kernel at a time
+        (bench/kernels.py). The buffers stay valid until a call with other symbol
+        bindings; calling kernels on them while the executor runs is the caller's race."""
+        with self._lock:
+            env, _, _ = self._environment(prepared)
+        return [(step, kernel, [env[v] for v in step.args]) for _, step, kernel in self._steps]
+
+    def _environment(self, prepared: Prepared
+                     ) -> tuple[dict[str, Any], dict[str, np.ndarray], _Memory]:
+        """Value name -> tensor for one run (constants, slots, inputs, fresh returned
+        arrays and the views of them), the fresh arrays, and the binding's memory."""
+        memory = self._memory(prepared.bindings)
+        env = dict(self._constant_tensors)
+        env.update(memory.tensors)
+        env.update(zip(self.plan.input_names, prepared.tensors))
+        made: dict[str, np.ndarray] = {}
+        for name, shape, dtype in memory.outputs:
+            made[name] = aligned_empty(shape, dtype)
+            env[name] = ffi.to_tensor(made[name])
+        for view, root, shape in memory.views:
+            env[view] = ffi.to_tensor(_reshaped(self._array(root, prepared, made), shape,
+                                                view, root))
+        return env, made, memory
 
     def _array(self, name: str, prepared: Prepared, made: dict[str, np.ndarray]) -> np.ndarray:
         """The array of a graph input, a constant or a returned step output."""

@@ -38,6 +38,7 @@ from kiln.codegen.tvm import fastmath, lower_linalg
 from kiln.errors import CodegenError, UnsupportedOpsError
 from kiln.ir import GraphBuilder, TensorType, all_ops, dtype, get_op, interpret, parse, tensor
 from kiln.ir.interpret import bind_inputs
+from kiln.ir.ops.linalg import pack_panels
 from tests.ir.op_testing import assert_close
 
 RNG = np.random.default_rng(1234)
@@ -302,6 +303,10 @@ for _dt in ("f32", "bf16", "f64"):
          groups=3, reduce_size=18)
     case("conv", x[:, :, 0], arr(_dt, (4, 6, 3)), strides=(1,), pads=(1, 1), dilations=(1,),
          reduce_size=18)
+    case("linear_packed", a, pack_panels(arr(_dt, (6, 24)), 4), bias, out_features=6,
+         reduce_size=24)
+    case("conv_packed", x, pack_panels(arr(_dt, (5, 54)), 16), arr(_dt, (5,)), out_channels=5,
+         kernel=(3, 3), strides=(2, 1), pads=(1, 0, 1, 2), dilations=(1, 2), reduce_size=54)
     q, k, v = arr(_dt, (2, 3, 5, 8)), arr(_dt, (2, 1, 6, 8)), arr(_dt, (2, 1, 6, 4))
     mask = arr("bool", (5, 6))
     mask[0] = False   # a fully masked row attends to nothing: 0

@@ -67,8 +67,8 @@ def test_in_place_through_a_view_into_a_dying_intermediate():
     h = b.matmul(x, b.constant("w", np.eye(8, dtype=np.float32)), name="h")
     r = b.reshape(h, shape=["n*8"], name="r")
     s = b.sigmoid(r, name="s")
-    out = b.matmul(b.reshape(s, shape=["n", 8], name="sv"), b.constant("w2", np.eye(8, dtype=np.float32)),
-                   name="out")
+    w2 = b.constant("w2", np.eye(8, dtype=np.float32))
+    out = b.matmul(b.reshape(s, shape=["n", 8], name="sv"), w2, name="out")
     graph = b.build(out)
     PlanMemory().run(graph)
     assert graph.memory_plan.inplace == {"s": "r"}
