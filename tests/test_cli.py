@@ -177,11 +177,19 @@ def test_ir_refuses_dynamic_for_kir(good_kir):
 
 
 def test_ir_unknown_suffix(tmp_path):
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"")
+    result = kiln("ir", model)
+    assert result.exit_code == 1
+    assert "(not .tflite)" in result.stderr
+
+
+def test_ir_empty_onnx_file(tmp_path):
     model = tmp_path / "model.onnx"
     model.write_bytes(b"")
     result = kiln("ir", model)
     assert result.exit_code == 1
-    assert "kiln reads .kir, .pt2 and .py models (not .onnx)" in result.stderr
+    assert "model.onnx: not a readable ONNX model" in result.stderr
 
 
 def test_bad_dynamic_spec(good_kir):
