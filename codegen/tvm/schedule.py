@@ -208,13 +208,18 @@ def _row_depth(sch: s_tir.Schedule, block, upstream: list) -> int:
         for rng in region.region:
             for v in tvm.tirx.analysis.undefined_vars(rng.min):
                 used |= {k for k, iv in enumerate(ivars) if iv.same_as(v)}
-    depth = len(used)
-    if not depth or used != set(range(depth)):
+    if not used:
         return 0
+    # unit-extent axes ([1, 128, 512]'s batch) select nothing: they may sit among the rows
+    units = {k for k, iv in enumerate(blk.iter_vars) if _is_one(iv.dom.extent)}
+    depth = max(used) + 1
+    if not set(range(depth)) <= used | units:
+        return 0
+    rows = depth - len(units & set(range(depth)))
     for b in upstream:
         spatial = [iv for iv in sch.get(b).iter_vars
                    if iv.iter_type == DATA_PAR and not _is_one(iv.dom.extent)]
-        if len(spatial) != depth:
+        if len(spatial) != rows:
             return 0
     return depth
 
