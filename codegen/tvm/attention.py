@@ -26,7 +26,7 @@ from tvm import s_tir, te, tirx
 
 from ...ir.graph import Node
 from ...ir.registry import register_lowering
-from .common import LowerContext, compute_dtype, const, dtype_of, index, narrow, widen
+from .common import LowerContext, compute_dtype, const, dtype_of, index, is_nan, narrow, widen
 from .gemm import (ROLE, broadcast_index, ceil_to, choose_tiling, machine, static,
                    vectorize_epilogue)
 from .schedule import SCHEDULES
@@ -50,7 +50,7 @@ def exp_nonpositive(x: tirx.PrimExpr) -> tirx.PrimExpr:
     bits = tirx.shift_left(n.astype("int32") + tirx.const(127, "int32"),
                            tirx.const(23, "int32"))
     scaled = tirx.Select(x >= c(-87.33654475), y * tirx.reinterpret(f32, bits), c(0.0))
-    return tirx.Select(tirx.isnan(x), x, scaled)    # NaN in, NaN out
+    return tirx.Select(is_nan(x), x, scaled)    # NaN in, NaN out
 
 
 @register_lowering("scaled_dot_product_attention", backend="tvm")

@@ -213,29 +213,45 @@ def _heads(ctx: NodeContext, x: Value, heads: int | None, what: str) -> Value:
 
 
 @converter("Attention", attrs=["is_causal", "kv_num_heads", "q_num_heads", "scale",
-                               "softcap", "qk_matmul_output_mode", "softmax_precision"])
+                               "softcap", "qk_matmul_output_mode", "softmax_precision",
+                               "left_window_size", "right_window_size"])
 def _attention(ctx: NodeContext):
-    if ctx.attr("softcap", 0.0):
-        raise Unsupported("softcap")
-    if ctx.attr("qk_matmul_output_mode", 0) or ctx.wants_output(3):
-        raise Unsupported("the qk_matmul_output output")
-    if ctx.has_input(4) or ctx.has_input(5) or ctx.wants_output(1) or ctx.wants_output(2):
-        raise Unsupported("past/present key-value caches")
-    if ctx.num_inputs > 6:
-        raise Unsupported("nonpad_kv_seqlen")
     q3 = ctx.input(0)
     q = _heads(ctx, q3, ctx.attr("q_num_heads"), "Q")
     k = _heads(ctx, ctx.input(1), ctx.attr("kv_num_heads"), "K")
     v = _heads(ctx, ctx.input(2), ctx.attr("kv_num_heads"), "V")
+    if ctx.has_input(4) != ctx.has_input(5):
+        raise Unsupported("past_key without past_value (or the reverse)")
+    if ctx.has_input(4):
+        k = ctx.emit("concat", ctx.input(4), k, axis=2)
+        v = ctx.emit("concat", ctx.input(5), v, axis=2)
     hq, hk = q.type.shape[1], k.type.shape[1]
     if not (isinstance(hq, int) and isinstance(hk, int)):
         raise Unsupported("symbolic head counts")
-    if hq != hk:   # grouped-query attention: each kv head serves hq // hk query heads
-        k, v = (_repeat_heads(ctx, t, hq // hk) for t in (k, v))
+    plain = not (ctx.attr("softcap", 0.0) or ctx.attr("qk_matmul_output_mode", 0)
+                 or ctx.wants_output(3) or ctx.has_input(4) or ctx.has_input(6)
+                 or ctx.attr("left_window_size", -1) >= 0
+                 or ctx.attr("right_window_size", -1) >= 0
+                 or ctx.attr("softmax_precision") not in (None, 1))
+    kh, vh = (_repeat_heads(ctx, t, hq // hk) if hq != hk else t for t in (k, v))
+    if plain:
+        y, scores = _sdpa(ctx, q, kh, vh), None
+    else:
+        y, scores = _attention_decomposed(ctx, q, kh, vh)
+    if q3.type.rank == 3:
+        b, h, s, d = y.type.shape
+        y = ctx.emit("reshape", ctx.emit("transpose", y, perm=(0, 2, 1, 3)),
+                     shape=(b, s, symbolic.mul(h, d)))
+    return [y, k, v, scores]
+
+
+def _sdpa(ctx: NodeContext, q: Value, k: Value, v: Value) -> Value:
+    """Attention without caches or extra outputs: kiln's fused attention op."""
     mask = ctx.optional_input(3)
     causal = bool(ctx.attr("is_causal", 0))
-    scale = ctx.attr("scale")
     L, S = q.type.shape[2], k.type.shape[2]
+    if mask is not None and mask.type.shape[-1] != S:
+        mask = _pad_mask(ctx, mask, S)
     if causal and mask is not None:
         if not (isinstance(L, int) and isinstance(S, int)):
             raise Unsupported("is_causal with a mask on symbolic lengths")
@@ -248,12 +264,104 @@ def _attention(ctx: NodeContext):
     if mask is not None and not mask.type.dtype.is_bool and mask.type.dtype != q.type.dtype:
         raise Unsupported(f"a {mask.type.dtype!r} mask on {q.type.dtype!r} inputs")
     args = (q, k, v) + ((mask,) if mask is not None else ())
-    y = ctx.emit("scaled_dot_product_attention", *args, is_causal=causal, scale=scale)
-    if q3.type.rank == 3:
-        b, h, s, d = y.type.shape
-        y = ctx.emit("reshape", ctx.emit("transpose", y, perm=(0, 2, 1, 3)),
-                     shape=(b, s, symbolic.mul(h, d)))
-    return [y]
+    return ctx.emit("scaled_dot_product_attention", *args, is_causal=causal,
+                    scale=ctx.attr("scale"))
+
+
+def _pad_mask(ctx: NodeContext, mask: Value, kv_len) -> Value:
+    """A mask shorter than the keys (opset 24+) masks the missing positions out."""
+    have = mask.type.shape[-1]
+    if not (isinstance(have, int) and isinstance(kv_len, int)):
+        raise Unsupported("a mask shorter than the symbolic key length")
+    rank = mask.type.rank
+    pads = [0] * (2 * rank)
+    pads[2 * rank - 1] = kv_len - have
+    fill = 0.0 if mask.type.dtype.is_bool else -np.inf
+    return ctx.emit("pad", mask, pads=pads, mode="constant", value=fill)
+
+
+def _attention_bias(ctx: NodeContext, q: Value, L: int, S: int) -> tuple[Value | None, np.ndarray]:
+    """(the mask input as an additive bias, or None; the static additive bias of
+    is_causal, the sliding window and nonpad_kv_seqlen, [B or 1, 1, L, S])."""
+    dtype = q.type.dtype.numpy
+    mask = ctx.optional_input(3)
+    bias = None
+    if mask is not None:
+        if mask.type.shape[-1] != S:
+            mask = _pad_mask(ctx, mask, S)
+        if mask.type.dtype.is_bool:
+            mask = ctx.emit("where", mask, ctx.scalar(0.0, q), ctx.scalar(-np.inf, q))
+        elif mask.type.dtype != q.type.dtype:
+            raise Unsupported(f"a {mask.type.dtype!r} mask on {q.type.dtype!r} inputs")
+        bias = mask
+    nonpad = ctx.static_ints(6, "nonpad_kv_seqlen")
+    past = ctx.input(4).type.shape[2] if ctx.has_input(4) else 0
+    if not isinstance(past, int):
+        raise Unsupported("a symbolic past length")
+    offsets = (np.asarray(nonpad).reshape(-1, 1, 1) - L) if nonpad is not None else \
+        np.asarray(past).reshape(1, 1, 1)
+    diff = np.arange(L).reshape(1, L, 1) + offsets - np.arange(S).reshape(1, 1, S)
+    allowed = np.ones(diff.shape, bool)
+    if ctx.attr("is_causal", 0):
+        allowed &= diff >= 0
+    left, right = ctx.attr("left_window_size", -1), ctx.attr("right_window_size", -1)
+    if left >= 0:
+        allowed &= diff <= left
+    if right >= 0:
+        allowed &= -diff <= right
+    if nonpad is not None:
+        allowed &= np.arange(S).reshape(1, 1, S) < np.asarray(nonpad).reshape(-1, 1, 1)
+    static = np.where(allowed, 0.0, -np.inf).astype(dtype)[:, None]
+    return bias, static
+
+
+def _attention_decomposed(ctx: NodeContext, q: Value, k: Value, v: Value
+                          ) -> tuple[Value, Value]:
+    """ONNX Attention step by step (softcap, windows, caches, nonpad lengths and the
+    qk_matmul_output output): (output [B, H, L, Dv], the requested QK output)."""
+    L, S = q.type.shape[2], k.type.shape[2]
+    if not (isinstance(L, int) and isinstance(S, int)):
+        raise Unsupported("symbolic sequence lengths")
+    scale = ctx.attr("scale")
+    scale = 1 / math.sqrt(q.type.shape[3]) if scale is None else scale
+    root = ctx.scalar(math.sqrt(scale), q)    # ONNX scales Q and K by sqrt(scale) each
+    kt = ctx.emit("transpose", ctx.emit("mul", k, root), perm=(0, 1, 3, 2))
+    scores = ctx.emit("matmul", ctx.emit("mul", q, root), kt)
+    softcap = ctx.attr("softcap", 0.0)
+    if softcap > 0:
+        cap = ctx.scalar(softcap, scores)
+        scores = ctx.emit("mul", ctx.emit("tanh", ctx.emit("div", scores, cap)), cap)
+    mask, static = _attention_bias(ctx, q, L, S)
+    biased = ctx.emit("add", scores, ctx.const(static))
+    if mask is not None:
+        biased = ctx.emit("add", biased, mask)
+    mode = ctx.attr("qk_matmul_output_mode", 0)
+    if mode not in (0, 1, 2, 3):
+        raise Unsupported(f"qk_matmul_output_mode {mode}")
+    precision = ctx.attr("softmax_precision")
+    logits = biased
+    if precision is not None:
+        from .importer import to_kiln_dtype
+        want = to_kiln_dtype(precision)
+        if not want.is_float:
+            raise Unsupported(f"softmax_precision {want!r}")
+        if want != biased.type.dtype:
+            logits = ctx.emit("cast", biased, dtype=want)
+    probs = ctx.emit("softmax", logits, axis=-1)
+    # a row with every key masked out gives zeros (ONNX), not the softmax's NaNs
+    if mask is None:
+        dead = np.isneginf(static.max(axis=-1, keepdims=True))
+        if dead.any():
+            probs = ctx.emit("where", ctx.const(dead), ctx.scalar(0.0, probs), probs)
+    else:
+        full = ctx.emit("add", mask, ctx.const(static))
+        dead = ctx.emit("eq", ctx.emit("max", full, axes=(-1 % full.type.rank,), keepdims=True),
+                        ctx.scalar(-np.inf, full))
+        probs = ctx.emit("where", dead, ctx.scalar(0.0, probs), probs)
+    if probs.type.dtype != q.type.dtype:
+        probs = ctx.emit("cast", probs, dtype=q.type.dtype)
+    out = {0: scores, 1: scores, 2: biased, 3: probs}[mode]
+    return ctx.emit("matmul", probs, v), out
 
 
 def _repeat_heads(ctx: NodeContext, t: Value, n: int) -> Value:
