@@ -51,6 +51,7 @@ DEFAULT_PIPELINE = ",".join([
     "canonicalize",
     "pack_weights",
     "fuse",
+    "plan",
 ])
 
 OPTION_TYPES = (int, float, bool, str)

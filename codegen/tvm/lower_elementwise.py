@@ -274,9 +274,44 @@ for _name, _fn in _ARITH.items():
 @register_lowering("pow", backend="tvm")
 def _pow(ctx: LowerContext, a: te.Tensor, b: te.Tensor) -> te.Tensor:
     if is_float(dtype_of(a)):
+        small = _small_exponent(b)
+        if small is not None:   # x ** 3 in gelu-tanh, x ** 2 in rms-norm: multiplies
+            return elementwise(ctx, [a], lambda x: _power_by_multiplying(widen(x), small))
         return elementwise(ctx, [a, b], lambda x, y: tirx.power(widen(x), widen(y)))
     ctx.require(b, lambda v: v >= _c(0, v), "ValueError", "integer pow with a negative exponent")
     return _int_pow(ctx, a, b)
+
+
+_SMALL_EXPONENTS = range(-1, 5)
+
+
+def _small_exponent(b: te.Tensor) -> int | None:
+    """The exponent when `b` is a constant (a `full` in the same kernel) and a whole
+    number in -1..4, else None. Those powers are a few multiplies (or one division)
+    that vectorize, where `powf` is a scalar libm call per element; each is within an
+    ulp or two of the correctly rounded power, and NaN, +-inf and +-0 come out as
+    from pow (x ** 0 is 1 even for NaN, as in the reference)."""
+    op = b.op
+    if not isinstance(op, te.ComputeOp) or len(op.body) != 1:
+        return None
+    value = op.body[0]
+    if not isinstance(value, (tirx.FloatImm, tirx.IntImm)):
+        return None
+    v = float(value.value)
+    return int(v) if v.is_integer() and int(v) in _SMALL_EXPONENTS else None
+
+
+def _power_by_multiplying(x: E, n: int) -> E:
+    if n == 0:
+        return _c(1, x)
+    if n == -1:
+        return _c(1, x) / x
+    if n == 4:
+        return let(x * x, lambda sq: sq * sq)
+    out = x
+    for _ in range(n - 1):
+        out = out * x
+    return out
 
 
 def _int_pow(ctx: LowerContext, a: te.Tensor, b: te.Tensor) -> te.Tensor:

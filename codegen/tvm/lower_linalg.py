@@ -26,7 +26,7 @@ from ...ir.registry import get_op, register_lowering
 from . import fastmath
 from .common import (LowerContext, compute_dtype, const, dtype_of, index, load_broadcast,
                      lowest, nan_max, narrow, select, widen)
-from .schedule import BASIC, default_schedule
+from .schedule import BASIC, SCHEDULES, _blocks as _root_blocks, _lanes, decompose_reductions, default_schedule
 
 E = tirx.Expr
 
@@ -87,14 +87,78 @@ def _window(x: te.Tensor, idx: Sequence[E], rs: Sequence[te.IterVar], strides, p
 @register_lowering("max_pool", backend="tvm")
 def _max_pool(ctx: LowerContext, x: te.Tensor, *, kernel, strides, pads, ceil_mode: bool,
               dilations) -> te.Tensor:
-    """Padding (and ceil mode's overhang) never wins: it reads as -inf / the minimum."""
+    """The window max over a padded copy of x ("max_pool_pad": -inf / the minimum
+    around x, far enough for ceil mode's overhang, so padding never wins) whose last
+    axis is split by its stride s into s phases (`[..., s, ceil(w / s)]`, column
+    s*j + p at [p, j]): the windows of consecutive outputs then read consecutive
+    elements at affine indices, without bounds checks (see _schedule_pool)."""
+    sp = len(kernel)
     rs = [te.reduce_axis((index(0), index(k)), name=f"r{d}") for d, k in enumerate(kernel)]
     fill = lowest(compute_dtype(dtype_of(x)))   # half types: the max of the widened values
+    out_shape = ctx.out_shape()
+    sizes = [(out_shape[2 + d] - index(1)) * index(strides[d]) +
+             index((kernel[d] - 1) * dilations[d] + 1) for d in range(sp)]
+    s = strides[-1]
+    phased = [*x.shape[:2], *sizes[:-1], index(s),
+              tirx.floordiv(sizes[-1] + index(s - 1), index(s))]
+
+    def pad(*idx):
+        cols = [*idx[2:2 + sp - 1], idx[-2] + idx[-1] * index(s)]
+        src, inside = list(idx[:2]), None
+        for d in range(sp):
+            pos = cols[d] - index(pads[d])
+            src.append(_clamp(pos, x.shape[2 + d]))
+            ok = tirx.And(pos >= index(0), pos < x.shape[2 + d])
+            inside = ok if inside is None else tirx.And(inside, ok)
+        return select(inside, widen(x(*src)), fill)
+    padded = te.compute(phased, pad, name="max_pool_pad")
 
     def body(*idx):
-        src, inside = _window(x, idx, rs, strides, pads, dilations)
-        return _max(select(inside, widen(x(*src)), fill), axis=rs)
-    return _out(ctx, te.compute(ctx.out_shape(), body, name=_acc_name(ctx, x, False)))
+        pos = [idx[2 + d] * index(strides[d]) + rs[d].var * index(dilations[d])
+               for d in range(sp)]
+        last = rs[-1].var * index(dilations[-1])
+        return _max(padded(*idx[:2], *pos[:-1], tirx.floormod(last, index(s)),
+                           idx[-1] + tirx.floordiv(last, index(s))), axis=rs)
+    return _out(ctx, te.compute(out_shape, body, name=_acc_name(ctx, x, False)))
+
+
+_PAD_LANES = 16
+
+
+def _schedule_pool(sch: s_tir.Schedule, node: Node) -> None:
+    """Parallel over (batch, channel) planes; each plane's padded copy is made right
+    before its windows (cache-resident); per output row the window loops are unrolled
+    inside the loop over the row's outputs, which LLVM vectorizes (a strided window
+    read becomes wide loads and shuffles). Anything else: the default schedule."""
+    names = {sch.get(b).name_hint for b in _root_blocks(sch)}
+    if not {"max_pool_pad", "max_pool"} <= names:
+        default_schedule(sch, node)
+        return
+    pool, pad = sch.get_sblock("max_pool"), sch.get_sblock("max_pool_pad")
+    loops = sch.get_loops(pool)
+    sp = (len(loops) - 2) // 2
+    plane = sch.fuse(loops[0], loops[1])
+    sch.compute_at(pad, plane, preserve_unit_loops=True)
+    out_loops, window = loops[2:2 + sp], loops[2 + sp:]
+    lanes = _lanes(sch, pool, [sch.get(out_loops[-1]).extent])
+    if lanes:
+        row, vec = sch.split(out_loops[-1], [None, lanes])
+        sch.reorder(*out_loops[:-1], row, *window, vec)
+        sch.vectorize(vec)
+    for w in window:
+        sch.unroll(w)
+    # the padded copy's rows: TVM's vectors with a masked tail (their clamped reads are
+    # scalar loads; left to LLVM, the loop becomes gathers, slower)
+    pad_loops = sch.get_loops(pad)[1:]
+    extent = sch.get(pad_loops[-1]).extent if pad_loops else None
+    if isinstance(extent, tirx.IntImm) and extent.value >= _PAD_LANES:
+        _, vec = sch.split(pad_loops[-1], [None, _PAD_LANES])
+        sch.vectorize(vec)
+    sch.parallel(plane)
+    decompose_reductions(sch)
+
+
+SCHEDULES["max_pool"] = _schedule_pool
 
 
 @register_lowering("avg_pool", backend="tvm")

@@ -16,6 +16,13 @@ the CPU, (3) ONNX Runtime, and ends as one of:
                once, ONNX's reference rounds after every step (an expected failure,
                listed with its reason, not a wrong answer)
   wrong        kiln returned outputs that do not match: the one outcome never allowed
+  timeout      (isolated runs) the case did not finish within the per-case time limit;
+               its worker process is killed and replaced
+  crash        (isolated runs) the worker process died running the case (a signal)
+
+`--modes compile` runs every case in worker processes (`--workers`, default 2) with a
+per-case time limit (`--timeout`, default 300 s): one stuck or crashing case cannot
+stall or end the run.
 
 The expected-failure list (`conformance_xfail.txt` beside this file) names every
 case kiln does not pass, per mode, with the reason; `--write-xfail` regenerates it.
@@ -42,7 +49,7 @@ KILN_MODES = ("interpret", "compile")
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str    # pass | unsupported | error | wrong
+    status: str    # pass | unsupported | imprecise | error | wrong | timeout | crash
     reason: str = ""
 
 
@@ -166,6 +173,104 @@ def run_cases(cases, mode: str, progress: bool = False) -> dict[str, Outcome]:
     return out
 
 
+
+CASE_TIMEOUT = 300.0      # seconds one isolated case may take (compiling included)
+STARTUP_TIMEOUT = 300.0   # seconds a worker may take to import kiln, TVM and the cases
+
+
+def _worker(conn, mode: str) -> None:
+    """A worker process: receive case names, send back (name, Outcome); None ends it."""
+    cases = {c.name: c for c in node_cases()}
+    runner = _ort_runner() if mode == "ort" else _kiln_runner(mode)
+    conn.send(("ready", None))
+    while (name := conn.recv()) is not None:
+        conn.send((name, run_case(cases[name], mode, runner)))
+
+
+@dataclass
+class _Slot:
+    """One worker process and the case it is running."""
+    process: object
+    conn: object
+    case: str | None = None
+    started: float = 0.0
+
+
+def run_cases_isolated(cases, mode: str, *, workers: int = 2, timeout: float = CASE_TIMEOUT,
+                       progress: bool = False) -> dict[str, Outcome]:
+    """`run_cases`, each case in one of `workers` spawned processes: a case still running
+    after `timeout` seconds is a "timeout" (its worker is killed and replaced), a worker
+    that dies is a "crash". Spawned, not forked: the workers start with no threads."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    from ...errors import KilnError
+    context = multiprocessing.get_context("spawn")
+    todo = [c.name for c in reversed(cases)]
+    out: dict[str, Outcome] = {}
+
+    def start() -> _Slot:
+        parent, child = context.Pipe()
+        process = context.Process(target=_worker, args=(child, mode), daemon=True)
+        process.start()
+        child.close()
+        return _Slot(process, parent)
+
+    def up(slot: _Slot) -> _Slot:
+        """Wait for the worker's imports (not counted in any case's time)."""
+        if not slot.conn.poll(STARTUP_TIMEOUT):
+            raise KilnError(f"a conformance worker did not start within {STARTUP_TIMEOUT} s")
+        slot.conn.recv()
+        return slot
+
+    def feed(slot: _Slot) -> None:
+        slot.case = todo.pop() if todo else None
+        slot.started = time.monotonic()
+        if slot.case is not None:
+            slot.conn.send(slot.case)
+
+    def finish(slot: _Slot, outcome: Outcome) -> None:
+        out[slot.case] = outcome
+        if progress and len(out) % 100 == 0:
+            print(f"  {mode}: {len(out)}/{len(cases)}", file=sys.stderr)
+
+    slots = [up(slot) for slot in [start() for _ in range(min(workers, len(cases)))]]
+    for slot in slots:
+        feed(slot)
+    while any(slot.case is not None for slot in slots):
+        busy = [slot for slot in slots if slot.case is not None]
+        ready = wait([slot.conn for slot in busy] + [slot.process.sentinel for slot in busy],
+                     timeout=1.0)
+        for i, slot in enumerate(slots):
+            if slot.case is None:
+                continue
+            if slot.conn in ready:
+                try:
+                    name, outcome = slot.conn.recv()
+                except EOFError:
+                    ready.append(slot.process.sentinel)
+                else:
+                    finish(slot, outcome)
+                    feed(slot)
+                    continue
+            elapsed = time.monotonic() - slot.started
+            died = slot.process.sentinel in ready or not slot.process.is_alive()
+            if died or elapsed > timeout:
+                slot.process.kill()
+                slot.process.join()
+                finish(slot, Outcome("crash", f"worker exited with code {slot.process.exitcode}")
+                       if died else Outcome("timeout", f"not done after {timeout:.0f} s"))
+                slot.conn.close()
+                slots[i] = up(start())
+                feed(slots[i])
+    for slot in slots:
+        slot.conn.send(None)
+        slot.process.join(timeout=10)
+        if slot.process.is_alive():
+            slot.process.kill()
+    return out
+
+
 # --- expected failures ---------------------------------------------------------------------
 def read_xfail(path: Path = XFAIL_FILE) -> dict[str, dict[str, str]]:
     """mode -> {case: reason}. A line is `case<TAB>modes<TAB>reason` (modes: interpret,compile)."""
@@ -215,7 +320,7 @@ def report(results: dict[str, dict[str, Outcome]], details: bool = False) -> str
     lines = [f"ONNX node conformance: {len(names)} cases (onnx {onnx.__version__})", ""]
     header = f"{'':<14}" + "".join(f"{m:>12}" for m in modes)
     lines.append(header)
-    for status in ("pass", "unsupported", "imprecise", "error", "wrong"):
+    for status in ("pass", "unsupported", "imprecise", "error", "timeout", "crash", "wrong"):
         counts = [sum(1 for o in results[m].values() if o.status == status) for m in modes]
         lines.append(f"{status:<14}" + "".join(f"{c:>12}" for c in counts))
     if "ort" in results:
@@ -256,12 +361,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-xfail", action="store_true",
                         help=f"rewrite {XFAIL_FILE.name} from this run (all cases, kiln modes)")
     parser.add_argument("--details", action="store_true", help="every failure reason")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="worker processes for the compile mode")
+    parser.add_argument("--timeout", type=float, default=CASE_TIMEOUT,
+                        help="seconds one compiled case may take")
     args = parser.parse_args(argv)
     cases = [c for c in node_cases() if args.k in c.name]
     results: dict[str, dict[str, Outcome]] = {}
     for mode in args.modes.split(","):
         start = time.perf_counter()
-        results[mode] = run_cases(cases, mode, progress=True)
+        results[mode] = run_cases_isolated(cases, mode, workers=args.workers,
+                                           timeout=args.timeout, progress=True) \
+            if mode == "compile" else run_cases(cases, mode, progress=True)
         print(f"{mode}: {len(cases)} cases in {time.perf_counter() - start:.1f} s",
               file=sys.stderr)
     print(report(results, args.details))

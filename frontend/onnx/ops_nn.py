@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from ...ir import Value, symbolic
+from ...ir.ops.common import window_out_dim
 from .importer import NodeContext, Unsupported, converter
 
 
@@ -89,7 +90,7 @@ def _avg_pool(ctx: NodeContext):
     kernel = list(ctx.attr("kernel_shape"))
     strides, pads, dil = _window(ctx, x, kernel)
     if any(d != 1 for d in dil):
-        raise Unsupported(f"dilations {dil} (kiln's avg_pool has none)")
+        return [_dilated_avg_pool(ctx, x, kernel, strides, pads, dil)]
     return [ctx.emit("avg_pool", x, kernel=kernel, strides=strides, pads=pads,
                      ceil_mode=bool(ctx.attr("ceil_mode", 0)),
                      count_include_pad=bool(ctx.attr("count_include_pad", 0)))]
@@ -409,3 +410,151 @@ def _nll_loss(ctx: NodeContext):
 def _softmax_cross_entropy(ctx: NodeContext):
     logp = ctx.emit("log_softmax", ctx.input(0), axis=1)
     return [nll_loss(ctx, logp, ctx.input(1), ctx.optional_input(2)), logp]
+
+
+# --- transposed convolution and the remaining pools ---------------------------------------
+def _transpose_pads(ctx: NodeContext, x: Value, kernel: list[int], strides: list[int],
+                    dil: list[int], out_pad: list[int]) -> list[int]:
+    """ConvTranspose's begin-then-end pads: given, or from output_shape / auto_pad."""
+    sp = len(kernel)
+    auto = ctx.attr("auto_pad", "NOTSET")
+    if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise Unsupported(f"auto_pad={auto!r}")
+    pads = ctx.attr("pads")
+    output_shape = ctx.attr("output_shape")
+    if pads is not None and output_shape is None or \
+            output_shape is None and auto not in ("SAME_UPPER", "SAME_LOWER"):
+        return list(pads or [0] * (2 * sp))
+    sizes = x.type.shape[2:]
+    if not all(isinstance(s, int) for s in sizes):
+        raise Unsupported("output_shape/auto_pad on symbolic spatial dims")
+    want = list(output_shape)[-sp:] if output_shape is not None else \
+        [s * st for s, st in zip(sizes, strides)]
+    begins, ends = [], []
+    for i in range(sp):
+        total = strides[i] * (sizes[i] - 1) + out_pad[i] + (kernel[i] - 1) * dil[i] + 1 - want[i]
+        small, big = total // 2, total - total // 2
+        begins.append(small if auto == "SAME_UPPER" else big)
+        ends.append(big if auto == "SAME_UPPER" else small)
+    return begins + ends
+
+
+def _spread(ctx: NodeContext, x: Value, axis: int, stride: int) -> Value:
+    """Insert stride - 1 zeros between neighbours along `axis` (static size)."""
+    size = x.type.shape[axis]
+    if not isinstance(size, int):
+        raise Unsupported(f"a stride on the symbolic dim {size}")
+    y = ctx.emit("unsqueeze", x, axes=(axis + 1,))
+    pads = [0] * (2 * y.type.rank)
+    pads[y.type.rank + axis + 1] = stride - 1
+    y = ctx.emit("pad", y, pads=pads, mode="constant", value=0.0)
+    shape = list(x.type.shape)
+    shape[axis] = size * stride
+    y = ctx.emit("reshape", y, shape=tuple(shape))
+    return ctx.emit("slice", y, axis=axis, start=0, end=(size - 1) * stride + 1)
+
+
+@converter("ConvTranspose", attrs=["auto_pad", "dilations", "group", "kernel_shape",
+                                   "output_padding", "output_shape", "pads", "strides"])
+def _conv_transpose(ctx: NodeContext):
+    """A stride-1 conv of the zero-spread, padded input with the flipped, transposed kernel."""
+    x, w, b = ctx.input(0), ctx.input(1), ctx.optional_input(2)
+    kernel = list(w.type.shape[2:])
+    c_in, c_out_g = w.type.shape[:2]
+    if not all(isinstance(k, int) for k in kernel + [c_in, c_out_g]):
+        raise Unsupported("a symbolic kernel shape")
+    sp = len(kernel)
+    groups = ctx.attr("group", 1)
+    strides = list(ctx.attr("strides") or [1] * sp)
+    dil = list(ctx.attr("dilations") or [1] * sp)
+    out_pad = list(ctx.attr("output_padding") or [0] * sp)
+    pads = _transpose_pads(ctx, x, kernel, strides, dil, out_pad)
+    y = x
+    for i in range(sp):
+        if strides[i] > 1:
+            y = _spread(ctx, y, 2 + i, strides[i])
+    full = [0] * (2 * y.type.rank)
+    for i in range(sp):
+        lo = dil[i] * (kernel[i] - 1) - pads[i]
+        hi = dil[i] * (kernel[i] - 1) - pads[sp + i] + out_pad[i]
+        if lo < 0 or hi < 0:   # more padding than the kernel covers: crop instead
+            size = y.type.shape[2 + i]
+            y = ctx.emit("slice", y, axis=2 + i, start=max(-lo, 0),
+                         end=symbolic.sub(size, max(-hi, 0)))
+        full[2 + i], full[y.type.rank + 2 + i] = max(lo, 0), max(hi, 0)
+    if any(full):
+        y = ctx.emit("pad", y, pads=full, mode="constant", value=0.0)
+    # [C_in, C_out/g, k...] -> [C_out, C_in/g, k...], spatially flipped
+    wk = ctx.emit("reshape", w, shape=(groups, c_in // groups, c_out_g, *kernel))
+    wk = ctx.emit("transpose", wk, perm=(0, 2, 1, *range(3, 3 + sp)))
+    wk = ctx.emit("reshape", wk, shape=(groups * c_out_g, c_in // groups, *kernel))
+    wk = ctx.emit("flip", wk, axes=tuple(range(2, 2 + sp)))
+    args = (y, wk) + ((b,) if b is not None else ())
+    return [ctx.emit("conv", *args, strides=[1] * sp, pads=[0] * (2 * sp), dilations=dil,
+                     groups=groups)]
+
+
+def _window_sum(ctx: NodeContext, x: Value, kernel: list[int], strides: list[int],
+                pads: list[int], dil: list[int], ceil_mode: bool) -> tuple[Value, list[int]]:
+    """Per-channel sums over each pooling window (a depthwise conv with a ones kernel),
+    zero padding included; ceil_mode as extra end padding. Also the pads used."""
+    channels = x.type.shape[1]
+    if not isinstance(channels, int):
+        raise Unsupported("a symbolic channel count")
+    sp = len(kernel)
+    pads = list(pads)
+    if ceil_mode:
+        for i in range(sp):
+            size = x.type.shape[2 + i]
+            if not isinstance(size, int):
+                raise Unsupported("ceil_mode on a symbolic dim")
+            out = window_out_dim(size, kernel[i], strides[i], pads[i], pads[sp + i], dil[i], True)
+            need = (out - 1) * strides[i] + dil[i] * (kernel[i] - 1) + 1
+            pads[sp + i] = max(pads[sp + i], need - size - pads[i])
+    ones = ctx.const(np.ones((channels, 1, *kernel), x.type.dtype.numpy))
+    return ctx.emit("conv", x, ones, strides=strides, pads=pads, dilations=dil,
+                    groups=channels), pads
+
+
+@converter("LpPool", attrs=["auto_pad", "ceil_mode", "dilations", "kernel_shape", "p", "pads",
+                            "strides"])
+def _lp_pool(ctx: NodeContext):
+    x = ctx.input(0)
+    kernel = list(ctx.attr("kernel_shape"))
+    strides, pads, dil = _window(ctx, x, kernel)
+    p = ctx.attr("p", 2)
+    powered = ctx.emit("abs", x) if p == 1 else ctx.emit("mul", x, x) if p == 2 else \
+        ctx.emit("pow", ctx.emit("abs", x), ctx.scalar(float(p), x))
+    total, _ = _window_sum(ctx, powered, kernel, strides, pads, dil,
+                           bool(ctx.attr("ceil_mode", 0)))
+    if p == 1:
+        return [total]
+    if p == 2:
+        return [ctx.emit("sqrt", total)]
+    return [ctx.emit("pow", total, ctx.scalar(1.0 / p, total))]
+
+
+def _window_counts(size: int, out: int, kernel: int, stride: int, lo: int, hi: int,
+                   dil: int, include_pad: bool) -> np.ndarray:
+    """How many taps of each output window along one axis average over."""
+    taps = np.arange(out)[:, None] * stride - lo + np.arange(kernel)[None, :] * dil
+    first, last = (-lo, size + hi) if include_pad else (0, size)
+    return ((taps >= first) & (taps < last)).sum(axis=1)
+
+
+def _dilated_avg_pool(ctx: NodeContext, x: Value, kernel: list[int], strides: list[int],
+                      pads: list[int], dil: list[int]) -> Value:
+    """AveragePool with dilations: window sums divided by each window's tap count."""
+    sp = len(kernel)
+    ceil_mode = bool(ctx.attr("ceil_mode", 0))
+    total, _ = _window_sum(ctx, x, kernel, strides, pads, dil, ceil_mode)
+    counts = np.ones(())
+    for i in range(sp):
+        size, out = x.type.shape[2 + i], total.type.shape[2 + i]
+        if not isinstance(size, int):
+            raise Unsupported("dilations on a symbolic dim")
+        counts = np.multiply.outer(counts, _window_counts(
+            size, out, kernel[i], strides[i], pads[i], pads[sp + i], dil[i],
+            bool(ctx.attr("count_include_pad", 0))))
+    counts = counts.reshape((1, 1) + counts.shape)
+    return ctx.emit("div", total, ctx.const(counts.astype(x.type.dtype.numpy)))
