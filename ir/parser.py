@@ -111,8 +111,10 @@ class _Parser:
     def parse_graph(self) -> Graph:
         """A whole `.kir` text: one graph, then nothing but whitespace and comments."""
         self.skip()
-        if not self.text.startswith("graph", self.pos):
+        start = self.pos
+        if not self.parse_optional_keyword("graph"):
             raise self.error(f"expected 'graph' at the start of a .kir file, found {self.found()}")
+        self.pos = start
         graph = self.parse_graph_def()
         self.skip()
         if self.pos != len(self.text):

@@ -11,9 +11,7 @@ Rules (each error names the node and the rule):
   constant-table    a constant node's `ref` exists and its array matches the type
   outputs           graph outputs are defined values; the graph has at least one
   graph-name        the graph's name is a NAME of the .kir grammar (so its text parses)
-  body              a fused node has a body graph (valid by these rules) that takes the
-                    node's input types, holds no constants and no fused nodes; other
-                    nodes have no body
+  body              a fused node's body is valid, takes its input types, has no constant/fused nodes
 """
 from __future__ import annotations
 

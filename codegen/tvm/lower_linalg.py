@@ -131,10 +131,11 @@ def _schedule_pool(sch: s_tir.Schedule, node: Node) -> None:
     inside the loop over the row's outputs, which LLVM vectorizes (a strided window
     read becomes wide loads and shuffles). Anything else: the default schedule."""
     names = {sch.get(b).name_hint for b in _root_blocks(sch)}
+    acc = "max_pool_acc" if "max_pool_acc" in names else "max_pool"   # half types: a cast
     if not {"max_pool_pad", "max_pool"} <= names:
         default_schedule(sch, node)
         return
-    pool, pad = sch.get_sblock("max_pool"), sch.get_sblock("max_pool_pad")
+    pool, pad = sch.get_sblock(acc), sch.get_sblock("max_pool_pad")
     loops = sch.get_loops(pool)
     sp = (len(loops) - 2) // 2
     plane = sch.fuse(loops[0], loops[1])
@@ -154,6 +155,8 @@ def _schedule_pool(sch: s_tir.Schedule, node: Node) -> None:
     if isinstance(extent, tirx.IntImm) and extent.value >= _PAD_LANES:
         _, vec = sch.split(pad_loops[-1], [None, _PAD_LANES])
         sch.vectorize(vec)
+    if acc != "max_pool":   # the cast of each plane right after it
+        sch.reverse_compute_at(sch.get_sblock("max_pool"), plane, preserve_unit_loops=True)
     sch.parallel(plane)
     decompose_reductions(sch)
 

@@ -9,9 +9,10 @@ op-specific schedules replace the generic ones.
            1. inline every pure elementwise block that is not an output
               (casts, padding, broadcasting, x - max, ...);
            2. each output block:
-              - injective: fuse all loops; split off an inner vector of
-                one vector register (16 x f32 on AVX-512) when the static innermost extents
-                allow it; parallel outer part, vectorized inner part;
+              - injective: split off the innermost axis an inner vector of up to one
+                vector register (16 x f32 on AVX-512) that divides its static extent,
+                else leave that axis whole (LLVM vectorizes it with a remainder); fuse
+                the rest into a parallel loop;
               - fed by reductions over trailing axes (softmax, layer_norm, mean):
                 compute those reductions per row under the output's outer loops
                 (one pass per row, cache-resident), parallel over the rows,
@@ -146,26 +147,23 @@ def schedule_injective(sch: s_tir.Schedule, block) -> set[str]:
     reduce_work = _reduce_work(sch, upstream) if depth else 1
     extents = [sch.get(lp).extent for lp in loops]
     outer, inner = loops[:depth], loops[depth:]
-    lanes = _lanes(sch, block, extents[depth:]) if inner else 0
+    # vectorize the innermost axis alone, by a width dividing its extent: its index
+    # stays affine, so the vectors load and store contiguously. (Vectors across fused
+    # axes index by div/mod: TVM scalarizes them or LLVM gathers.) Otherwise the
+    # innermost loop stays whole and serial, which LLVM vectorizes contiguously with
+    # a remainder; the other inner axes are fused for the parallel loop.
+    lanes = _lanes(sch, block, extents[-1:]) if inner else 0
     if inner:
-        last = _static(extents[-1])
-        if lanes and last is not None and last % lanes == 0:
-            # split the innermost axis alone: its index stays affine, so the vectors
-            # load and store contiguously (a fused index's div/mod makes LLVM gather)
+        if lanes:
             rest, vec = sch.split(inner[-1], [None, lanes])
             sch.vectorize(vec)
             rest = sch.fuse(*inner[:-1], rest) if len(inner) > 1 else rest
-            if not outer:
-                outer = [rest]
+        elif len(inner) > 1:
+            rest = sch.fuse(*inner[:-1])
         else:
-            fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
-            if lanes:
-                rest, vec = sch.split(fused, [None, lanes])
-                sch.vectorize(vec)
-                if not outer:
-                    outer = [rest]
-            elif not outer:
-                outer = [fused]
+            rest = inner[0]
+        if not outer:
+            outer = [rest]
     elif not outer:
         return moved
     if _worth_parallel(extents, reduce_work):

@@ -31,21 +31,38 @@ def test_every_expected_failure_has_a_reason():
         assert reason.strip(), case
 
 
+COMPILE_EVERY = 8          # the CI sample: every 8th case the interpreter passes
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("shard", range(2))
 def test_tvm_compiled_sample_matches(shard):
-    """Every 25th case the interpreter passes, compiled with TVM (kiln.compile) on the CPU,
-    in two shards for the two CI workers."""
-    passing = sorted(set(c.name for c in C.node_cases()) - set(C.read_xfail()["interpret"]))
-    sample = set(passing[::25][shard::2])
+    """Every 8th case the interpreter passes, compiled with TVM (kiln.compile) on the CPU,
+    in two shards for the two CI workers; each case in a worker process with a time limit,
+    so a stuck or crashing compile fails its case instead of stalling the run. The full
+    set: `python -m kiln.frontend.onnx.conformance --modes compile`."""
+    xfail = C.read_xfail()
+    passing = sorted(set(c.name for c in C.node_cases()) - set(xfail["interpret"]))
+    sample = set(passing[::COMPILE_EVERY][shard::2]) - set(xfail["compile"])
     cases = [c for c in C.node_cases() if c.name in sample]
-    results = C.run_cases(cases, "compile")
+    results = C.run_cases_isolated(cases, "compile", workers=1, timeout=180)
     assert {n: o.reason for n, o in results.items() if o.status != "pass"} == {}
 
 
+def test_isolated_runs_turn_stalls_into_timeouts(monkeypatch):
+    """A case over the time limit is a timeout, its worker is replaced and the run goes
+    on; within the limit the same cases pass."""
+    cases = [c for c in C.node_cases() if c.name in ("test_abs", "test_relu")]
+    monkeypatch.setenv("KILN_CACHE_DIR", "off")     # the workers compile from scratch
+    results = C.run_cases_isolated(cases, "compile", workers=1, timeout=0.05)
+    assert {o.status for o in results.values()} == {"timeout"}
+    results = C.run_cases_isolated(cases, "interpret", workers=2, timeout=60)
+    assert {o.status for o in results.values()} == {"pass"}
+
+
 def test_report_prints_counts_side_by_side_and_op_coverage():
-    cases = [c for c in C.node_cases() if c.name in ("test_abs", "test_relu", "test_resize_upsample_scales_cubic")]
+    cases = [c for c in C.node_cases() if c.name in ("test_abs", "test_relu", "test_det_2d")]
     results = {m: C.run_cases(cases, m) for m in ("interpret", "ort")}
     text = C.report(results)
     assert "interpret" in text and "ort" in text and "op coverage:" in text
-    assert results["interpret"]["test_resize_upsample_scales_cubic"].status == "unsupported"
+    assert results["interpret"]["test_det_2d"].status == "unsupported"

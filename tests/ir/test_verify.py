@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kiln.errors import VerifyError
-from kiln.ir import Graph, GraphBuilder, Node, Value, tensor, verify
+from kiln.ir import Graph, GraphBuilder, Node, Value, parse, tensor, verify
 
 F4 = tensor("f32", 4)
 
@@ -253,5 +253,18 @@ def test_every_documented_rule_is_tested():
     documented = {line.split()[0] for line in v.__doc__.split("Rules")[1].splitlines()[1:]
                   if line.startswith("  ") and line.split()}
     tested = {"op-registered", "attrs", "arity", "defined-before-use", "single-def", "types",
-              "use-lists", "constant-table", "outputs", "graph-name"}
+              "use-lists", "constant-table", "outputs", "graph-name", "body"}
     assert documented == tested
+
+
+def test_body_rule_names_the_fused_node():
+    body = parse("graph b(%x: f32[4]) {\n  %r: f32[4] = relu(%x)\n  return %r\n}\n")
+    g = Graph("g")
+    x = g.add_input("x", tensor("f32", 4))
+    node = g.add_node("fused", [x], body=body)
+    g.set_outputs(node.outputs)
+    verify(g)
+    body.inputs[0].type = tensor("f32", 5)
+    with pytest.raises(VerifyError) as info:
+        verify(g)
+    assert info.value.rule == "body" and "fused(%x)" in str(info.value)
