@@ -282,15 +282,15 @@ def _pow(ctx: LowerContext, a: te.Tensor, b: te.Tensor) -> te.Tensor:
     return _int_pow(ctx, a, b)
 
 
-_SMALL_EXPONENTS = range(-1, 5)
+_SMALL_EXPONENTS = (-1, 1, 2, 3, 4)   # (x ** 0: a constant output, which bf16 stores refuse)
 
 
 def _small_exponent(b: te.Tensor) -> int | None:
-    """The exponent when `b` is a constant (a `full` in the same kernel) and a whole
-    number in -1..4, else None. Those powers are a few multiplies (or one division)
+    """The exponent when `b` is a constant (a `full` in the same kernel) in
+    _SMALL_EXPONENTS, else None. Those powers are a few multiplies (or one division)
     that vectorize, where `powf` is a scalar libm call per element; each is within an
     ulp or two of the correctly rounded power, and NaN, +-inf and +-0 come out as
-    from pow (x ** 0 is 1 even for NaN, as in the reference)."""
+    from pow."""
     op = b.op
     if not isinstance(op, te.ComputeOp) or len(op.body) != 1:
         return None
@@ -302,8 +302,6 @@ def _small_exponent(b: te.Tensor) -> int | None:
 
 
 def _power_by_multiplying(x: E, n: int) -> E:
-    if n == 0:
-        return _c(1, x)
     if n == -1:
         return _c(1, x) / x
     if n == 4:

@@ -259,12 +259,15 @@ def run_cases_isolated(cases, mode: str, *, workers: int = 2, timeout: float = C
                 slot.process.kill()
                 slot.process.join()
                 finish(slot, Outcome("crash", f"worker exited with code {slot.process.exitcode}")
-                       if died else Outcome("timeout", f"not done after {timeout:.0f} s"))
+                       if died else Outcome("timeout", f"not done after {timeout:g} s"))
                 slot.conn.close()
-                slots[i] = up(start())
-                feed(slots[i])
+                slot.case = None
+                if todo:
+                    slots[i] = up(start())
+                    feed(slots[i])
     for slot in slots:
-        slot.conn.send(None)
+        if slot.process.is_alive():
+            slot.conn.send(None)
         slot.process.join(timeout=10)
         if slot.process.is_alive():
             slot.process.kill()
