@@ -4,7 +4,7 @@
                          [--rounds 9] [--threads 2]
 
 Cases: GEMMs (matmul 1024^3 / 2048^3, batched QK^T and PV), linears (BERT's FFN, a
-decode step), every distinct ResNet-50 conv layer (`resnet50` selects all 23, with a
+decode step, the benchmark MLP's layer), every distinct ResNet-50 conv layer (`resnet50` selects all 23, with a
 total weighted by how often each occurs: 53 convs), and attention at BERT, GPT-2
 (causal) and Llama (causal) shapes.
 
@@ -101,6 +101,8 @@ CASES = {
                          [(128, 3072), (768, 3072), (768,)], 2 * 128 * 768 * 3072),
     "decode_linear": Case("linear M1 K768 N3072 (decode step)", "linear",
                           [(1, 768), (3072, 768), (3072,)], 2 * 768 * 3072),
+    "mlp_linear": Case("linear M32 K1024 N1024 (MLP layer)", "linear",
+                       [(32, 1024), (1024, 1024), (1024,)], 2 * 32 * 1024 * 1024),
     **RESNET50,
     "bert_attention": attention_case("BERT", 12, 128, 64, False),
     "gpt2_attention": attention_case("GPT-2", 12, 128, 64, True),
@@ -108,7 +110,8 @@ CASES = {
 }
 GROUPS = {"resnet50": ",".join(RESNET50)}   # --cases shorthands
 PAUSE_S = 0.25   # before each engine's turn: the last engine's thread pool stops spinning
-DEFAULT = ("mm1024,mm2048,bmm_qk,bmm_pv,bert_linear,bert_linear2,decode_linear,resnet50,"
+DEFAULT = ("mm1024,mm2048,bmm_qk,bmm_pv,bert_linear,bert_linear2,decode_linear,mlp_linear,"
+           "resnet50,"
            "bert_attention,gpt2_attention,llama_attention")
 
 

@@ -184,21 +184,37 @@ def kernel_nodes(graph: Graph) -> list[Node]:
 
 
 def _elementwise(node: Node) -> bool:
-    """An elementwise op, or a fused group whose body is all elementwise."""
+    """An elementwise op, or a fused group whose body is all elementwise (scalars
+    made by `full` inside it aside)."""
     if node.body is not None:
-        return all(_elementwise(n) for n in node.body.nodes if n.op != "constant")
+        return all(_elementwise(n) for n in node.body.nodes if n.inputs)
     return ELEMENTWISE in get_op(node.op).traits
+
+
+def _epilogue_inputs(node: Node) -> set[int]:
+    """Positions of a fused contraction group's inputs that only its elementwise
+    epilogue reads (a residual): the kernel reads each element of such an input once,
+    at the index it then writes, so the output may take its storage."""
+    if node.body is None or node.attrs.get("kind") != "contraction":
+        return set()
+    return {i for i, v in enumerate(node.body.inputs)
+            if v.users and all(_elementwise(u) for u in v.users)}
 
 
 def inplace_candidates(graph: Graph) -> dict[str, tuple[str, ...]]:
     """Output -> the inputs it may overwrite: the inputs of the same type (no
-    broadcasting, same dtype) of a one-output elementwise kernel node."""
+    broadcasting, same dtype) of a one-output elementwise kernel node, or the
+    residual inputs of a GEMM/conv group's epilogue (`_epilogue_inputs`)."""
     found = {}
     for node in kernel_nodes(graph):
-        if len(node.outputs) == 1 and _elementwise(node):
-            same = tuple(dict.fromkeys(v.name for v in node.inputs if v.type == node.output.type))
-            if same:
-                found[node.output.name] = same
+        if len(node.outputs) != 1:
+            continue
+        allowed = (set(range(len(node.inputs))) if _elementwise(node)
+                   else _epilogue_inputs(node))
+        same = tuple(dict.fromkeys(v.name for i, v in enumerate(node.inputs)
+                                   if i in allowed and v.type == node.output.type))
+        if same:
+            found[node.output.name] = same
     return found
 
 

@@ -211,7 +211,8 @@ def run_cases_isolated(cases, mode: str, *, workers: int = 2, timeout: float = C
 
     def start() -> _Slot:
         parent, child = context.Pipe()
-        process = context.Process(target=_worker, args=(child, mode), daemon=True)
+        process = context.Process(target=_worker, args=(child, mode))   # not a daemon: kiln
+        # compiles kernels in child processes of its own
         process.start()
         child.close()
         return _Slot(process, parent)
