@@ -34,6 +34,7 @@ CREATION = "creation"          # no tensor inputs (full, arange, constant)
 CONTRACTION = "contraction"    # matmul-like: the compute-heavy ops
 COMPARISON = "comparison"      # returns bool
 HAS_BODY = "body"              # semantics and types come from the node's body graph (fused)
+MAY_RAISE = "may_raise"        # integer inputs can make it raise (division by zero, x ** -1)
 
 REQUIRED = object()  # default of an attribute that must be given
 

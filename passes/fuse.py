@@ -25,7 +25,8 @@ mul: one kernel), "elementwise". A group never holds two anchors, so expensive w
 is never duplicated: only elementwise values are recomputed where inlined.
 
 Views (reshape, squeeze, unsqueeze), layout ops, gathers and creation ops stay
-ordinary nodes. Imports kiln.ir, networkx and the pass API.
+ordinary nodes, and so do integer divisions (`MAY_RAISE`: their kernel checks the
+divisor, which must be a kernel input). Imports kiln.ir, networkx and the pass API.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import networkx as nx
 
 from ..errors import KilnError
 from ..ir import Graph, Node, Value
-from ..ir.registry import CONTRACTION, ELEMENTWISE, HAS_BODY, REDUCTION
+from ..ir.registry import CONTRACTION, ELEMENTWISE, HAS_BODY, MAY_RAISE, REDUCTION
 from .manager import Pass, PassReport, register_pass
 
 
@@ -88,9 +89,16 @@ def _is_anchor(node: Node) -> bool:
     return bool(_traits(node) & {CONTRACTION, REDUCTION})
 
 
+def _checks_inputs(node: Node) -> bool:
+    """An op that raises on some integer inputs (division by zero): it stays a kernel of
+    its own, which checks its inputs before computing; inside a group a divisor may be
+    an intermediate no check can see."""
+    return MAY_RAISE in _traits(node) and not all(v.type.dtype.is_float for v in node.inputs)
+
+
 def _can_seed(node: Node) -> bool:
-    return node.op != "constant" and HAS_BODY not in _traits(node) and (
-        _is_anchor(node) or ELEMENTWISE in _traits(node))
+    return node.op != "constant" and HAS_BODY not in _traits(node) and not _checks_inputs(
+        node) and (_is_anchor(node) or ELEMENTWISE in _traits(node))
 
 
 @dataclass
@@ -152,7 +160,7 @@ class _Grouper:
 
     def _may_join(self, node: Node, anchor: Node | None, inside: set[int]) -> bool:
         traits = _traits(node)
-        if len(node.outputs) != 1 or HAS_BODY in traits:
+        if len(node.outputs) != 1 or HAS_BODY in traits or _checks_inputs(node):
             return False
         if ELEMENTWISE in traits:
             if anchor is not None and CONTRACTION in _traits(anchor) \

@@ -254,7 +254,8 @@ def lower_conv_rows(ctx: LowerContext, x: te.Tensor, weight: Weight, packed: te.
     panels = static(ceil_div(O, tiling.nb))
     accumulated = panel_gemm("conv", [N], Operand([N], P, x_at), Operand([], O, w_at), K, acc,
                              tiling, columns_last=False, packed_rhs=packed,
-                             extra={"epilogue_in_tile": 0, "pack_l_in_tile": int(panels == 1)})
+                             extra={"epilogue_in_tile": 0, "pack_l_in_tile": int(panels == 1)},
+                             k_split=[static(C), *ks] if static(C) is not None else None)
 
     def out(n, o, *pos):
         f = sum((pos[i] * math.prod(outs[i + 1:]) for i in range(1, sp)),

@@ -142,7 +142,14 @@ def choose_tiling(rows: tirx.PrimExpr, cols: tirx.PrimExpr, acc_dtype: str) -> T
     mr = max(1, min(12, (m.registers - nvec - 1) // nvec))
     if static(rows) is not None:
         mr = max(1, min(mr, static(rows)))
+        if _ab("mr"):
+            r = static(rows)
+            mr = min(range(max(1, mr - 2), mr + 1), key=lambda m: (-(-r // m) * m, -m))
     return Tiling(mr, nvec * lanes, lanes)
+
+
+def _ab(flag: str) -> bool:
+    return flag in os.environ.get("KILN_AB", "").split("+")
 
 
 def packed_tiling(tiling: Tiling, nb: int) -> Tiling:
@@ -205,7 +212,8 @@ class Operand:
 def panel_gemm(name: str, batch: list[tirx.PrimExpr], lhs: Operand, rhs: Operand,
                k_extent: tirx.PrimExpr, acc_dtype: str, tiling: Tiling, *,
                columns_last: bool = True, panel_parallel: int | None = None,
-               packed_rhs: te.Tensor | None = None, extra: dict | None = None) -> te.Tensor:
+               packed_rhs: te.Tensor | None = None, extra: dict | None = None,
+               k_split: list[int] | None = None) -> te.Tensor:
     """The accumulator `Acc[*batch, rows_p, cols_p]` of the template (rows and columns
     padded to whole tiles), with its packs; the caller adds the epilogue that reads
     it for the real rows and columns (`columns_last`: the epilogue's output has the
@@ -222,7 +230,8 @@ def panel_gemm(name: str, batch: list[tirx.PrimExpr], lhs: Operand, rhs: Operand
         [*lhs.batch, ceil_div(rows, mr), K, index(mr)],
         lambda *i: to_accumulator(lhs.at(list(i[:-3]), clamp_last(i[-3] * mr + i[-1], rows,
                                                                    rows_p), i[-2]), acc_dtype),
-        name=f"{name}_pack_l", attrs={ROLE: "pack_l"})
+        name=f"{name}_pack_l", attrs={ROLE: "pack_l",
+                                      **({"k_split": k_split} if k_split else {})})
     rp = packed_rhs if packed_rhs is not None else te.compute(
         [*rhs.batch, ceil_div(cols, nb), K, index(nb)],
         lambda *i: to_accumulator(rhs.at(list(i[:-3]), clamp_last(i[-3] * nb + i[-1], cols,
@@ -318,6 +327,7 @@ def schedule_gemm(sch: s_tir.Schedule, node: Node | None = None) -> None:
     placed: set[str] = set()
     for acc in blocks.get("acc", []):
         placed |= schedule_accumulator(sch, acc)
+    blocks = gemm_blocks(sch)   # the packs left at the root (not placed or inlined)
     for pack in blocks.get("pack_l", []) + blocks.get("pack_r", []):
         if sch.get(pack).name_hint not in placed:
             schedule_pack(sch, pack)
@@ -351,6 +361,11 @@ def schedule_accumulator(sch: s_tir.Schedule, acc) -> set[str]:
         vectorize_epilogue(sch, store, lanes)
     pack_r = [p for p in sch.get_producers(acc) if _role(sch, p) == "pack_r"]
     placed: set[str] = set()
+    if int(ann.get("direct_l", 0)) and _ab("noLp"):
+        for p in sch.get_producers(acc):
+            if _role(sch, p) == "pack_l":
+                placed.add(sch.get(p).name_hint)
+                sch.compute_inline(p)
     if mode:
         outer = co if mode == PANELS_SHARED or not b else sch.fuse(*b, co)
         if pack_r:
@@ -412,6 +427,9 @@ def schedule_pack(sch: s_tir.Schedule, pack) -> None:
         sch.unroll(loops[-1])
     if len(loops) > 2 and not small:
         sch.parallel(sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0])
+    split = sch.get(pack).annotations.get("k_split")
+    if role == "pack_l" and split is not None and _ab("ksplit"):
+        sch.split(loops[-2], [int(f) for f in split])
 
 
 def _small(sch: s_tir.Schedule, loops) -> bool:
@@ -490,7 +508,8 @@ def _linear(ctx: LowerContext, x: te.Tensor, rhs: Operand, packed: te.Tensor | N
     tiling = choose_tiling(M, rhs.extent, acc)
     if packed is not None:
         tiling = packed_tiling(tiling, static(packed.shape[-1]))
-    accumulated = panel_gemm("linear", batch, lhs, rhs, K, acc, tiling, packed_rhs=packed)
+    accumulated = panel_gemm("linear", batch, lhs, rhs, K, acc, tiling, packed_rhs=packed,
+                             extra={"direct_l": 1})
     nbatch = len(batch)
 
     def out(*i):

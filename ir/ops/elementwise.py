@@ -10,7 +10,7 @@ import numpy as np
 from scipy import special as _special
 
 from ..dtypes import bool_
-from ..registry import (COMMUTATIVE, COMPARISON, ELEMENTWISE, Attr, OpDef, Operand, register,
+from ..registry import (COMMUTATIVE, COMPARISON, ELEMENTWISE, MAY_RAISE, Attr, OpDef, Operand, register,
                         type_error)
 from ..types import TensorType
 from .common import as_dtype, broadcast_shapes, is_float_array, same_dtype, widen
@@ -240,13 +240,13 @@ _ARITH: dict[str, tuple[Callable, frozenset[str]]] = {
     "add": (np.add, frozenset({ELEMENTWISE, COMMUTATIVE})),
     "sub": (np.subtract, frozenset({ELEMENTWISE})),
     "mul": (np.multiply, frozenset({ELEMENTWISE, COMMUTATIVE})),
-    "div": (_div, frozenset({ELEMENTWISE})),
+    "div": (_div, frozenset({ELEMENTWISE, MAY_RAISE})),
     "floor_div": (lambda a, b: np.floor_divide(a, b) if is_float_array(a)
-                  else np.floor_divide(a, _nonzero_divisor(b)), frozenset({ELEMENTWISE})),
-    "remainder": (_remainder, frozenset({ELEMENTWISE})),   # sign of the divisor (Python/torch)
+                  else np.floor_divide(a, _nonzero_divisor(b)), frozenset({ELEMENTWISE, MAY_RAISE})),
+    "remainder": (_remainder, frozenset({ELEMENTWISE, MAY_RAISE})),   # sign of the divisor
     "fmod": (lambda a, b: np.fmod(a, b) if is_float_array(a)
-             else np.fmod(a, _nonzero_divisor(b)), frozenset({ELEMENTWISE})),  # sign of a
-    "pow": (_pow, frozenset({ELEMENTWISE})),
+             else np.fmod(a, _nonzero_divisor(b)), frozenset({ELEMENTWISE, MAY_RAISE})),  # sign of a
+    "pow": (_pow, frozenset({ELEMENTWISE, MAY_RAISE})),
     "maximum": (np.maximum, frozenset({ELEMENTWISE, COMMUTATIVE})),
     "minimum": (np.minimum, frozenset({ELEMENTWISE, COMMUTATIVE})),
 }

@@ -299,3 +299,22 @@ def test_anchor_with_epilogue_compiles_to_one_kernel(text):
     inputs = example_inputs(graph, {"batch": 2}, seed=5)
     np.testing.assert_allclose(compiled(*inputs)[0], interpret(original, inputs)[0],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_integer_division_stays_a_checked_kernel():
+    # inside a group the divisor %d would be an intermediate the kernel cannot check
+    text = """\
+graph g(%x: i32[4], %y: i32[4]) {
+  %d: i32[4] = sub(%y, %x)
+  %q: i32[4] = floor_div(%x, %d)
+  %out: i32[4] = neg(%q)
+  return %out
+}
+"""
+    graph = parse(text)
+    PassManager("fuse").run(graph)
+    assert [n.op for n in graph.nodes] == ["sub", "floor_div", "neg"]
+    compiled = kiln_compile(graph, passes="")
+    x = np.array([1, 2, 3, 4], np.int32)
+    with pytest.raises(Exception, match="integer division by zero"):
+        compiled(x, x.copy())
