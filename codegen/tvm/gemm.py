@@ -17,6 +17,11 @@ The template, for out[b, r, c] = epilogue(sum_k L[b, r, k] * R[b, k, c]):
   layout, and packing costs O(K * (rows + cols)) against O(rows * cols * K) compute;
   a constant weight is packed at compile time instead (`linear_packed`, by the
   `pack_weights` pass): the kernel reads Rp from its parameter, no pack stage;
+- a `linear` reads L in place (the Lp stage inlined into the tile: rows are x's
+  rows, K contiguous), so its kernel is one parallel loop with no pack pass; MR is
+  chosen to pad the rows least (`least_padding`: 32 rows as 8 x 4, not 6 x 6);
+- a conv's row pack walks K as its (channel, taps) loops ("k_split"), so its
+  gathered indices are affine, with no division per element;
 - a fused group's elementwise blocks after `out` (activation, residual add, casts)
   are inlined with `out` into the last of them (`inline_epilogue`): one epilogue,
   computed in the output tile;
@@ -142,14 +147,20 @@ def choose_tiling(rows: tirx.PrimExpr, cols: tirx.PrimExpr, acc_dtype: str) -> T
     mr = max(1, min(12, (m.registers - nvec - 1) // nvec))
     if static(rows) is not None:
         mr = max(1, min(mr, static(rows)))
-        if _ab("mr"):
-            r = static(rows)
-            mr = min(range(max(1, mr - 2), mr + 1), key=lambda m: (-(-r // m) * m, -m))
+        mr = least_padding(static(rows), mr)
     return Tiling(mr, nvec * lanes, lanes)
 
 
-def _ab(flag: str) -> bool:
-    return flag in os.environ.get("KILN_AB", "").split("+")
+PADDING_WORTH = 0.05   # fewer rows per tile when that saves more than this share of rows
+
+
+def least_padding(rows: int, mr: int) -> int:
+    """`mr`, or down to two rows fewer when that pads `rows` by PADDING_WORTH less of
+    them (32 rows: 4-row tiles, not 36 rows in 6-row tiles; 49: 5-row tiles). Fewer
+    rows reuse each loaded vector less, but stay FMA-bound on AVX-512 down to 4."""
+    padded = lambda m: -(-rows // m) * m  # noqa: E731
+    best = min(range(max(1, mr - 2), mr + 1), key=lambda m: (padded(m), -m))
+    return best if padded(mr) - padded(best) > PADDING_WORTH * rows else mr
 
 
 def packed_tiling(tiling: Tiling, nb: int) -> Tiling:
@@ -221,7 +232,9 @@ def panel_gemm(name: str, batch: list[tirx.PrimExpr], lhs: Operand, rhs: Operand
 
     `packed_rhs`: Rp given already packed (a weight packed at compile time, see
     `linear_packed`), `[ceil(cols/NB), K, NB]` in the accumulator dtype: the kernel
-    reads it as is, with no pack stage. `extra`: more accumulator annotations."""
+    reads it as is, with no pack stage. `extra`: more accumulator annotations
+    ("direct_l": Lp inlined, L read in place). `k_split`: factors of K for the row
+    pack's loops (`split_pack_reduction`)."""
     mr, nb = tiling.mr, tiling.nb
     rows, cols, K = lhs.extent, rhs.extent, k_extent
     rows_p, cols_p = ceil_to(rows, mr), ceil_to(cols, nb)
@@ -361,11 +374,11 @@ def schedule_accumulator(sch: s_tir.Schedule, acc) -> set[str]:
         vectorize_epilogue(sch, store, lanes)
     pack_r = [p for p in sch.get_producers(acc) if _role(sch, p) == "pack_r"]
     placed: set[str] = set()
-    if int(ann.get("direct_l", 0)) and _ab("noLp"):
-        for p in sch.get_producers(acc):
-            if _role(sch, p) == "pack_l":
-                placed.add(sch.get(p).name_hint)
-                sch.compute_inline(p)
+    if int(ann.get("direct_l", 0)):   # L read in place: no pack, no parallel pass for it
+        for pack in sch.get_producers(acc):
+            if _role(sch, pack) == "pack_l":
+                placed.add(sch.get(pack).name_hint)
+                sch.compute_inline(pack)
     if mode:
         outer = co if mode == PANELS_SHARED or not b else sch.fuse(*b, co)
         if pack_r:
@@ -377,6 +390,7 @@ def schedule_accumulator(sch: s_tir.Schedule, acc) -> set[str]:
         pack_l = [p for p in sch.get_producers(acc) if _role(sch, p) == "pack_l"]
         if pack_l and int(ann.get("pack_l_in_tile", 0)):   # one column panel: Lp used once
             sch.compute_at(pack_l[0], outer, preserve_unit_loops=True)
+            split_pack_reduction(sch, pack_l[0])
             placed.add(sch.get(pack_l[0]).name_hint)
     if not int(ann.get("serial", 0)):
         sch.parallel(outer)
@@ -427,9 +441,17 @@ def schedule_pack(sch: s_tir.Schedule, pack) -> None:
         sch.unroll(loops[-1])
     if len(loops) > 2 and not small:
         sch.parallel(sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0])
+    if role == "pack_l":
+        split_pack_reduction(sch, pack)
+
+
+def split_pack_reduction(sch: s_tir.Schedule, pack) -> None:
+    """Split a row pack's reduction loop by its "k_split" factors (a conv's channel
+    and taps), so the gathered indices are affine in the loops, not divided per
+    element."""
     split = sch.get(pack).annotations.get("k_split")
-    if role == "pack_l" and split is not None and _ab("ksplit"):
-        sch.split(loops[-2], [int(f) for f in split])
+    if split is not None:
+        sch.split(sch.get_loops(pack)[-2], [int(f) for f in split])
 
 
 def _small(sch: s_tir.Schedule, loops) -> bool:
@@ -509,7 +531,7 @@ def _linear(ctx: LowerContext, x: te.Tensor, rhs: Operand, packed: te.Tensor | N
     if packed is not None:
         tiling = packed_tiling(tiling, static(packed.shape[-1]))
     accumulated = panel_gemm("linear", batch, lhs, rhs, K, acc, tiling, packed_rhs=packed,
-                             extra={"direct_l": 1})
+                             extra={"direct_l": int(str(x.dtype) == acc)})
     nbatch = len(batch)
 
     def out(*i):

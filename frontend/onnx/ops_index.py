@@ -14,12 +14,7 @@ import numpy as np
 
 from ...ir import Value
 from .importer import NodeContext, Unsupported, converter
-
-
-def _static_shape(x: Value, what: str) -> tuple[int, ...]:
-    if not x.type.is_static:
-        raise Unsupported(f"{what} of a tensor with symbolic dims {x.type}")
-    return tuple(x.type.shape)  # type: ignore[return-value]
+from .ops_tensor import _static_shape
 
 
 def _wrap(ctx: NodeContext, index: Value, sizes: np.ndarray) -> Value:

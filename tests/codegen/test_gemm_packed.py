@@ -5,6 +5,9 @@
   rewritten graph computes what the original did);
 - both conv GEMMs (rows: few output positions; columns: the rest) on packed and
   unpacked weights;
+- the tiling and schedule choices made for speed: row tiles that pad least, a linear
+  reading its input rows in place (no row pack), the conv rows GEMM's input gather
+  over the split (channel, taps) loops;
 - GEMM/conv PrimFuncs with elementwise blocks stacked after the anchor's output, as
   a fused group lowers (bias, activation, residual add with broadcasting, cast): the
   schedule folds them into one epilogue, no block of them left at the root, values
@@ -23,7 +26,8 @@ from tvm import s_tir, te, tirx
 from kiln.codegen.tvm import cpu_target, lower_node
 from kiln.codegen.tvm.common import LowerContext
 from kiln.codegen.tvm.conv import ROWS_GEMM_MAX_POSITIONS, lower_conv, schedule_conv
-from kiln.codegen.tvm.gemm import lower_linear, lower_linear_packed, schedule_gemm
+from kiln.codegen.tvm.gemm import (least_padding, lower_linear, lower_linear_packed,
+                                   schedule_gemm)
 from kiln.ir import GraphBuilder, interpret, tensor
 from kiln.passes.pack import PackWeights
 
@@ -100,6 +104,47 @@ def test_linear_packed_symbolic_rows():
         xs = randn(m, 48)
         np.testing.assert_allclose(run_last_node(graph, [xs]), xs @ w.T + bias,
                                    rtol=1e-4, atol=1e-3)
+
+
+# --- tiling and schedule choices -------------------------------------------------------------
+@pytest.mark.parametrize("rows, mr, want", [
+    (32, 6, 4),     # the benchmark MLP's batch: 4-row tiles, not 36 rows in 6-row ones
+    (49, 6, 5),     # a 7x7 conv output: 50 rows, not 54
+    (196, 6, 6),    # 14x14: 198 rows pad under 5 %, the widest tile stays
+    (64, 6, 6),
+    (12, 6, 6),     # a whole number of tiles
+    (7, 4, 4),      # 8 rows either way (4-row tiles pad no more than 2-row ones)
+])
+def test_row_tiles_pad_least(rows, mr, want):
+    assert least_padding(rows, mr) == want
+
+
+def _packed_linear_script(m: int) -> str:
+    b = GraphBuilder("g")
+    graph = b.build(b.linear(b.input("x", tensor("f32", m, 64)), b.constant("w", randn(128, 64)),
+                             b.constant("b", randn(128))))
+    PackWeights().run(graph)
+    return lower_node(graph.nodes[-1], "main").script()
+
+
+def test_linear_reads_its_rows_in_place():
+    """A linear's row panel is not packed: the tile reads x directly (one parallel
+    loop, the GEMM's, and no pack buffer), here with 4-row tiles for 32 rows."""
+    text = _packed_linear_script(32)
+    assert "pack_l" not in text and text.count("T.parallel") == 1
+    assert '"mr": 4' in text
+
+
+def test_conv_rows_gather_loops_are_channels_and_taps():
+    """The rows GEMM's input gather walks its reduction as (channel, kh, kw) loops, so
+    the input indices are affine in them (no division by the tap count per element)."""
+    b = GraphBuilder("g")
+    graph = b.build(b.conv(b.input("x", tensor("f32", 1, 16, 14, 14)),
+                           b.constant("w", randn(24, 16, 3, 3)), strides=[1, 1], pads=[1] * 4,
+                           dilations=[1, 1], groups=1))
+    PackWeights().run(graph)
+    text = lower_node(graph.nodes[-1], "main").script()
+    assert "T.int64(16), T.int64(3), T.int64(3)" in text   # the pack's loops, not 144
 
 
 # --- conv_packed and the two conv GEMMs ----------------------------------------------------
