@@ -54,8 +54,8 @@ def _sample_digest(array: np.ndarray) -> str:
 
 def _same_constant(graph: Graph, a: Node, b: Node) -> bool:
     x, y = graph.constant_array(a), graph.constant_array(b)
-    return x is y or (x.dtype == y.dtype and x.shape == y.shape
-                      and np.array_equal(x.view(np.uint8), y.view(np.uint8)))
+    return x is y or (x.dtype == y.dtype and x.shape == y.shape and np.array_equal(
+        x.reshape(-1).view(np.uint8), y.reshape(-1).view(np.uint8)))
 
 
 def eliminate_common_subexpressions(graph: Graph,

@@ -53,10 +53,12 @@ _tvm_runtime: ctypes.CDLL | None = None
 
 # TVM's pool workers spin-wait (sched_yield in a loop) this many times for the next
 # parallel region before they sleep; TVM's default, 300000, keeps both cores busy for
-# ~0.1 s after every call returns. kiln's default: sleep at once (bench/spin.py
-# measures the idle CPU and latency of each choice).
+# ~0.1 s after every call returns. Sleeping at once (0) makes every kernel wake the
+# workers: BERT-base ran 179 ms against 151 ms with 3000, which spins ~1 ms after a
+# call returns (1.1 ms of CPU in the 200 ms after it; ORT's default burns ~55 ms).
+# bench/spin.py measures the idle CPU and the latency of each choice.
 SPIN_COUNT_ENV = "TVM_THREAD_POOL_SPIN_COUNT"
-DEFAULT_SPIN_COUNT = 0
+DEFAULT_SPIN_COUNT = 3000
 
 
 def find_tvm_runtime() -> Path | None:

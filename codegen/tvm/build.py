@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 import os
 import shutil
 import subprocess
@@ -193,13 +195,25 @@ def _compile_objects(work: list[_Work], target: tvm.target.Target, jobs: int | N
     if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         errors = [_compile_object(w, target) for w in work]
     else:
-        # fork: the workers inherit the lowered PrimFuncs; nothing is pickled but indices
+        # fork: the workers inherit the lowered PrimFuncs; nothing is pickled but indices.
+        # A worker that dies (LLVM or TVM crashing) breaks the pool: each kernel it left
+        # uncompiled is reported, rather than waiting for it forever
         context = multiprocessing.get_context("fork")
-        with context.Pool(jobs, initializer=_receive_work, initargs=(work, target)) as pool:
-            errors = pool.map(_compile_received, range(len(work)), chunksize=1)
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_receive_work,
+                                 initargs=(work, target)) as pool:
+            futures = [pool.submit(_compile_received, i) for i in range(len(work))]
+            errors = [_result(future, w) for future, w in zip(futures, work)]
     failures = [e for e in errors if e]
     if failures:
         raise CodegenError("\n".join(failures))
+
+
+def _result(future: Future, work: _Work) -> str | None:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        return (f"kernel {work.name} ({work.source}): the compiler process died while "
+                "compiling kernels (TVM or LLVM crashed)")
 
 
 _received: tuple[list[_Work], Any] | None = None   # a forked worker's share of compile_objects

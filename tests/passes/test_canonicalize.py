@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kiln.ir import dtype, parse
+from kiln.ir import dtype, interpret, parse
 from kiln.passes import PassManager
 from kiln.passes.simplify import lossless
 
@@ -514,3 +514,26 @@ graph g(%x: f32[b, 4]) {
 }
 """, {"w": w, "w2": w.copy()}, bindings={"b": 2})
     assert report.counts["cse"] >= 1 and report.counts["mul_one"] == 1
+
+
+def test_cse_merges_equal_scalar_constants_and_keeps_different_ones():
+    from kiln.compiler import copy_graph
+    from kiln.passes.cse import eliminate_common_subexpressions
+    graph = parse("""\
+graph g(%x: f32[3]) {
+  %a: f32[] = constant() {ref="a"}
+  %b: f32[] = constant() {ref="b"}
+  %c: f32[] = constant() {ref="c"}
+  %p: f32[3] = mul(%x, %a)
+  %q: f32[3] = mul(%x, %b)
+  %r: f32[3] = mul(%x, %c)
+  %s: f32[3] = add(%p, %q)
+  %t: f32[3] = add(%s, %r)
+  return %t
+}
+""", {"a": np.array(2.0, np.float32), "b": np.array(2.0, np.float32),
+      "c": np.array(3.0, np.float32)})
+    original = copy_graph(graph)
+    assert eliminate_common_subexpressions(graph) == 2   # %b's constant, then %q
+    x = np.arange(3, dtype=np.float32)
+    np.testing.assert_array_equal(interpret(graph, [x])[0], interpret(original, [x])[0])
