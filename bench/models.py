@@ -8,8 +8,9 @@ Per model: compile times (kiln's `kiln.compile`, with its kernel cache as found,
 empty one with --cold; torch.compile's first call, which is when Inductor compiles,
 with Inductor's caches as found or empty with --cold; ORT's export + session), the
 kiln output's max error against eager, the median latency of each engine over rounds
-that alternate the engines call by call (so machine noise hits all alike; two
-warm-up calls each are excluded), the ratios, kiln's kernel calls and distinct
+that alternate the engines (so machine noise hits all alike; two warm-up calls each
+are excluded; each timed call follows a 0.25 s pause and one untimed call, so no
+engine runs while another's thread pool still spins), the ratios, kiln's kernel calls and distinct
 kernels after fusion, and peak intermediate memory: kiln's memory plan (planned vs one
 buffer per intermediate) and ORT's, read from the arena statistics its profiler
 records per kernel (peak bytes in use during a run minus the bytes in use before it;
@@ -147,13 +148,20 @@ def inductor(case: Case) -> tuple[Callable[[], Any], float]:
     return (lambda: compiled(*case.inputs)), time.perf_counter() - start
 
 
+SETTLE_S = 0.25   # ORT's and OpenMP's pools spin ~0.05-0.2 s after a call: let them sleep
+
+
 def interleaved(engines: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median milliseconds of each engine, alternating engines call by call."""
+    """Median milliseconds of each engine, the engines alternating round by round. Each
+    turn waits SETTLE_S (so no engine pays for the previous one's spinning threads),
+    makes one untimed call (its own threads wake), then times the next call."""
     for fn in engines.values():        # warm up
         fn(); fn()
     times: dict[str, list[float]] = {k: [] for k in engines}
     for _ in range(rounds):
         for name, fn in engines.items():
+            time.sleep(SETTLE_S)
+            fn()
             start = time.perf_counter()
             fn()
             times[name].append(1e3 * (time.perf_counter() - start))
