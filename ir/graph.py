@@ -263,12 +263,12 @@ def body_types(input_types: Sequence[TensorType], body: Graph) -> tuple[TensorTy
     return tuple(v.type for v in body.outputs)
 
 
-def _attr_key(value: Any) -> Any:
+def attr_key(value: Any) -> Any:
     """An attribute value for comparison: NaN equals NaN, -0.0 differs from 0.0."""
     if isinstance(value, float):
         return ("float", repr(value))
     if isinstance(value, tuple):
-        return tuple(_attr_key(v) for v in value)
+        return tuple(attr_key(v) for v in value)
     return value
 
 
@@ -279,7 +279,7 @@ def graphs_equal(a: Graph, b: Graph, *, compare_constants: bool = True) -> bool:
         return (g.name,
                 tuple((v.name, v.type) for v in g.inputs),
                 tuple((n.op, tuple(v.name for v in n.inputs),
-                       tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items())),
+                       tuple(sorted((k, attr_key(v)) for k, v in n.attrs.items())),
                        tuple((v.name, v.type) for v in n.outputs), n.source,
                        sig(n.body) if n.body is not None else None) for n in g.nodes),
                 tuple(v.name for v in g.outputs))

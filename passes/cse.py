@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Hashable
 
 from ..ir import Graph, Node, get_op
-from ..ir.graph import _attr_key
+from ..ir.graph import attr_key
 from ..ir.registry import COMMUTATIVE, HAS_BODY
 from .dce import eliminate_dead_code
 from .manager import Pass, PassReport, register_pass
@@ -36,7 +36,7 @@ def node_key(graph: Graph, node: Node, digests: dict[int, tuple[Any, str]]) -> H
     inputs: tuple[Any, ...] = tuple(id(v) for v in node.inputs)
     if COMMUTATIVE in traits:
         inputs = tuple(sorted(inputs))
-    attrs = tuple(sorted((k, _attr_key(v)) for k, v in node.attrs.items()))
+    attrs = tuple(sorted((k, attr_key(v)) for k, v in node.attrs.items()))
     return (node.op, inputs, attrs)
 
 
