@@ -59,6 +59,13 @@ _tvm_runtime: ctypes.CDLL | None = None
 # bench/spin.py measures the idle CPU and the latency of each choice.
 SPIN_COUNT_ENV = "TVM_THREAD_POOL_SPIN_COUNT"
 DEFAULT_SPIN_COUNT = 3000
+# TVM pins each pool worker to one core (the calling thread stays free). When the
+# caller wakes on the core a worker is pinned to, the two share it until the kernel
+# scheduler moves the caller, milliseconds later: the MLP benchmark (2 ms calls after
+# a pause) ran 2.9-3.8 ms in half the processes pinned, 1.8-2.1 ms unpinned, while
+# BERT-base was the same either way. So kiln leaves placement to the OS scheduler.
+BIND_THREADS_ENV = "TVM_BIND_THREADS"
+DEFAULT_BIND_THREADS = "0"
 
 
 def find_tvm_runtime() -> Path | None:
@@ -75,14 +82,16 @@ def ensure_tvm_runtime() -> Path:
     """Load TVM's runtime library into the global symbol table once per process.
 
     TVM's thread pool uses half the cores on x86 unless told otherwise; kiln's kernels
-    use every core this process may run on, and its workers do not spin after a call
-    (`DEFAULT_SPIN_COUNT`). `TVM_NUM_THREADS` and `TVM_THREAD_POOL_SPIN_COUNT` set by
-    the user win. (TVM reads both when its pool starts, at the first parallel kernel.)"""
+    use every core this process may run on, its workers do not spin after a call
+    (`DEFAULT_SPIN_COUNT`) and are not pinned to cores (`DEFAULT_BIND_THREADS`).
+    `TVM_NUM_THREADS`, `TVM_THREAD_POOL_SPIN_COUNT` and `TVM_BIND_THREADS` set by the
+    user win. (TVM reads them when its pool starts, at the first parallel kernel.)"""
     global _tvm_runtime
     path = find_tvm_runtime()
     if _tvm_runtime is None:
         os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
         os.environ.setdefault(SPIN_COUNT_ENV, str(DEFAULT_SPIN_COUNT))
+        os.environ.setdefault(BIND_THREADS_ENV, DEFAULT_BIND_THREADS)
         if path is None:
             raise ArtifactError(f"cannot find {_TVM_RUNTIME_NAME} (tvm/lib/ in the apache-tvm "
                                 "package) on sys.path; TVM CPU kernels need it to run "

@@ -1,6 +1,7 @@
-"""TVM's pool workers do not spin after a call returns: kiln's runtime sets
-`TVM_THREAD_POOL_SPIN_COUNT` before TVM's pool starts, unless the user set it.
-Checked in fresh processes (the pool reads the variable once, when it starts)."""
+"""TVM's pool workers do not spin after a call returns and are not pinned to cores:
+kiln's runtime sets `TVM_THREAD_POOL_SPIN_COUNT` and `TVM_BIND_THREADS` before TVM's
+pool starts, unless the user set them. Checked in fresh processes (the pool reads the
+variables once, when it starts)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,9 @@ import subprocess
 import sys
 import textwrap
 
-from kiln.runtime.ffi import DEFAULT_SPIN_COUNT, SPIN_COUNT_ENV
+import pytest
+
+from kiln.runtime.ffi import BIND_THREADS_ENV, DEFAULT_SPIN_COUNT, SPIN_COUNT_ENV
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys, time
@@ -26,16 +29,18 @@ SCRIPT = textwrap.dedent("""
     cpu = time.process_time()
     time.sleep(0.2)
     idle_cpu = time.process_time() - cpu
+    threads = {int(t): sorted(os.sched_getaffinity(int(t)))
+               for t in os.listdir("/proc/self/task")}
     print(json.dumps({"env": os.environ.get(sys.argv[2]), "idle_cpu": idle_cpu,
-                      "ok": bool((y == 2).all())}))
+                      "ok": bool((y == 2).all()), "threads": list(threads.values())}))
 """)
 
 
-def _run(kernels_so, env_value: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != SPIN_COUNT_ENV}
+def _run(kernels_so, env_value: str | None, variable: str = SPIN_COUNT_ENV) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in (SPIN_COUNT_ENV, BIND_THREADS_ENV)}
     if env_value is not None:
-        env[SPIN_COUNT_ENV] = env_value
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(kernels_so), SPIN_COUNT_ENV],
+        env[variable] = env_value
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(kernels_so), variable],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -51,3 +56,25 @@ def test_workers_sleep_after_a_call(kernels_so):
 def test_the_users_spin_count_wins(kernels_so):
     report = _run(kernels_so, "12345")
     assert report["ok"] and report["env"] == "12345"
+
+
+needs_cores = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
+                                 reason="a pool of one thread has no worker to pin")
+
+
+@needs_cores
+def test_workers_are_not_pinned(kernels_so):
+    """Pinned workers share a core with a caller that wakes there (the MLP benchmark
+    ran up to 2x slower in such processes): every thread keeps the process's cores."""
+    report = _run(kernels_so, None, BIND_THREADS_ENV)
+    assert report["env"] == "0"
+    cores = sorted(os.sched_getaffinity(0))
+    assert len(report["threads"]) >= 2, report       # the pool started its worker(s)
+    assert all(t == cores for t in report["threads"]), report
+
+
+@needs_cores
+def test_the_users_binding_wins(kernels_so):
+    report = _run(kernels_so, "1", BIND_THREADS_ENV)
+    assert report["env"] == "1"
+    assert any(len(t) == 1 for t in report["threads"]), report   # TVM pinned a worker
