@@ -9,6 +9,10 @@
                  [--passes SPEC] [--dump-ir DIR] [--report] [--cache-dir DIR|off]
         compile to a deployable artifact, showing each stage and its time; --report
         prints what each pass did
+    kiln tune MODEL [--db FILE.json] [--rounds N] [--retune] [--passes SPEC]
+        measure the kernel templates' candidate knobs on each contraction of MODEL
+        (after the passes) and record the fastest in the tuning database (default:
+        the host CPU's, checked in under kiln/codegen/tvm/tuning/)
     kiln run OUT.kiln --input NAME=FILE.npy ... [--output-dir DIR]
         run an artifact through the runtime
     kiln inspect OUT.kiln
@@ -302,6 +306,41 @@ def compile_command(
             typer.echo(f"pass {pass_report}")
     if dump_ir is not None:
         console.print(f"IR dumps in {dump_ir}", markup=False)
+
+
+# --- kiln tune --------------------------------------------------------------------------------
+@app.command("tune")
+@_reports_kiln_errors
+def tune_command(
+    model: ModelArg,
+    db: Optional[Path] = typer.Option(
+        None, "--db", metavar="FILE.json",
+        help="The tuning database to update (default: $KILN_TUNING_DB, else the host "
+             "CPU's database in kiln/codegen/tvm/tuning/)."),
+    rounds: int = typer.Option(5, "--rounds", min=1, help="Timed rounds per candidate."),
+    retune: bool = typer.Option(False, "--retune",
+                                help="Measure workloads the database already has, too."),
+    passes: Optional[str] = typer.Option(
+        None, "--passes", metavar="SPEC",
+        help="The pass pipeline the model is compiled with (default: DEFAULT_PIPELINE)."),
+    dynamic: DynamicOpt = [],
+    factory: FactoryOpt = "make_model",
+) -> None:
+    """Tune a model's contraction kernels and record the results in the tuning database."""
+    from .codegen.tvm import tuning
+    from .codegen.tvm.tune import tune_graph
+    from .passes.manager import DEFAULT_PIPELINE, PassManager
+    manager = PassManager(DEFAULT_PIPELINE if passes is None else passes)
+    graph = read_model(model, factory=factory, dynamic=parse_dynamic(dynamic))
+    manager.run(graph)
+    cpu = tuning.host_cpu()
+    path = db or tuning.default_path(cpu)
+    database = tuning.TuningDatabase.load(path, cpu)
+    results = tune_graph(graph, database, rounds=rounds, retune=retune, log=typer.echo)
+    database.save(path)
+    changed = sum(1 for t in results if t.chosen != tuning.Knobs())
+    typer.echo(f"wrote {path}: {len(results)} workloads measured on {cpu}, {changed} faster "
+               f"than the heuristics; {len(database.records)} in the database")
 
 
 # --- kiln run ---------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import CodegenError, KilnError, UnsupportedOpsError
 from ...ir import Graph, Node
 from ...ir.registry import is_view
+from . import tuning
 from .cache import CacheEntry, CacheStats, KernelCache, codegen_salt, host_fingerprint, kernel_key
 
 if TYPE_CHECKING:
@@ -81,11 +82,16 @@ def build_graph(graph: Graph, out_dir: str | Path, target: tvm.target.Target | N
     """Build `graph`'s kernels into `out_dir`/kernels.so for `target` (default: this
     machine's CPU), reusing and filling `cache` (None: compile everything). `jobs`
     processes compile the missing kernels (default: one per core this process may use)."""
-    out_dir = Path(out_dir)
-    objects = out_dir / "objects"
-    objects.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     target_text = str(target) if target is not None else _host_target(cache)
+    with tuning.building_for(target_text):      # the tuning database of target's CPU
+        return _build(graph, Path(out_dir), target, target_text, cache, jobs, start)
+
+
+def _build(graph: Graph, out_dir: Path, target: Any, target_text: str,
+           cache: KernelCache | None, jobs: int | None, start: float) -> BuildResult:
+    objects = out_dir / "objects"
+    objects.mkdir(parents=True, exist_ok=True)
     kernels, calls = _kernels(graph, target_text)
     stats = CacheStats()
     missing: list[_Kernel] = []

@@ -3,7 +3,8 @@ a hash of what makes the kernel what it is, so that each kernel compiles once pe
 machine, whatever model or process asks for it.
 
     kernel_key(node)           the node's kernel, value names aside: op, attributes,
-                               input/output types and, for a fused group, its body
+                               input/output types, the tuning knobs its contractions
+                               use (tuning.py) and, for a fused group, its body
                                printed with its values renamed by position
     CacheEntry.of(key, target) + the target (LLVM CPU included) and codegen_salt(),
                                a hash of kiln's TVM code generator and TVM's version:
@@ -39,6 +40,8 @@ from pathlib import Path
 from ...errors import CodegenError
 from ...ir import Graph, Node, Value
 from ...ir.printer import format_attrs
+from . import tuning
+from .tuning import workload_key
 
 CACHE_ENV = "KILN_CACHE_DIR"
 DEFAULT_DIR = Path("~/.cache/kiln/kernels")
@@ -54,13 +57,8 @@ def kernel_key(node: Node) -> str:
     output types and, for a fused group, its body with values named by position
     (`%i0` for its first input, `%v0` for the first value its nodes define).
     Value names, graph names and source locations do not count."""
-    head = _signature(node.op, node, [v.type for v in node.inputs],
-                      [v.type for v in node.outputs])
+    head = workload_key(node) + tuning.describe(node)
     return head if node.body is None else f"{head} {_canonical_body(node.body)}"
-
-
-def _signature(op: str, node: Node, ins: list, outs: list) -> str:
-    return f"{op}({', '.join(map(str, ins))}){format_attrs(node)} -> ({', '.join(map(str, outs))})"
 
 
 def _canonical_body(body: Graph) -> str:
@@ -86,14 +84,16 @@ def _canonical_body(body: Graph) -> str:
 
 @functools.lru_cache(maxsize=1)
 def codegen_salt() -> str:
-    """A hash of every file of kiln's TVM code generator (lowerings, schedules, their
-    tuning data), the entry format and the TVM packages' versions: a changed schedule
-    or a new TVM makes every earlier entry unreachable."""
+    """A hash of every file of kiln's TVM code generator (lowerings, schedules; not
+    the tuning databases), the entry format and the TVM packages' versions: a changed
+    schedule or a new TVM makes every earlier entry unreachable."""
     h = hashlib.sha256(f"format {FORMAT}\n".encode())
     for package in _SALTED_PACKAGES:
         h.update(f"{package} {importlib.metadata.version(package)}\n".encode())
     for path in sorted(CODEGEN_DIR.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
+        # the tuning databases are not: kernel keys name the knobs they use
+        if path.is_file() and "__pycache__" not in path.parts and \
+                path.parent != tuning.DB_DIR:
             h.update(f"{path.relative_to(CODEGEN_DIR).as_posix()}\n".encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()

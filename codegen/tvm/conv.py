@@ -11,7 +11,7 @@ an implicit GEMM on the template of `gemm.py`, with no im2col in memory. Two GEM
   parallel pass at the root.
 - columns GEMM (`lower_conv_columns`; everything else), below.
 
-Per image n and group gPer image n and group g the output is a GEMM: rows = the group's output channels,
+Per image n and group g the output is a GEMM: rows = the group's output channels,
 columns = output positions (the vector axis), reduction = (input channel, tap...).
 The input is packed into *phase planes*, so that every tap reads a contiguous run,
 then into column panels, so that one tile's reads are one contiguous block:
@@ -55,6 +55,7 @@ from .gemm import (PANELS_PER_BATCH, ROLE, Operand, accumulator_dtype, ceil_div,
                    packed_tiling,
                    panel_gemm, schedule_accumulator, schedule_pack, static, to_accumulator)
 from .schedule import SCHEDULES
+from .tuning import knobs_for
 
 UNROLL_TAPS = 16    # inner tap loops unroll while they make at most this many taps
 ROWS_GEMM_MAX_POSITIONS = 256   # convs with at most this many output positions: rows GEMM
@@ -110,13 +111,19 @@ class Weight:
 
 
 def rows_gemm(ctx: LowerContext) -> bool:
-    """Whether a one-group conv runs as the rows GEMM (`lower_conv_rows`): when its
-    output positions are static and few (ResNet's 14x14 and 7x7 stages), where the
-    columns GEMM would pad its 64-position tiles most and the weight, the bigger
-    operand, is best read as packed column panels. (Measured per ResNet-50 layer:
-    28x28 and larger run faster as the columns GEMM, 14x14 and smaller as rows.)"""
+    """Whether a one-group conv runs as the rows GEMM (`lower_conv_rows`), which needs
+    static output positions: as the tuning database says for this workload, else
+    when the positions are few (ResNet's 14x14 and 7x7 stages), where the columns GEMM
+    would pad its 64-position tiles most and the weight, the bigger operand, is best
+    read as packed column panels. (Measured per ResNet-50 layer: 28x28 and larger
+    mostly run faster as the columns GEMM, 14x14 and smaller as rows.)"""
     positions = [static(d) for d in ctx.out_shape()[2:]]
-    return None not in positions and math.prod(positions) <= ROWS_GEMM_MAX_POSITIONS
+    if None in positions:
+        return False
+    strategy = knobs_for(ctx.node).strategy
+    if strategy is not None:
+        return strategy == "rows"
+    return math.prod(positions) <= ROWS_GEMM_MAX_POSITIONS
 
 
 def lower_conv_columns(ctx: LowerContext, x: te.Tensor, weight: Weight,
@@ -141,7 +148,7 @@ def lower_conv_columns(ctx: LowerContext, x: te.Tensor, weight: Weight,
     for i in range(sp - 2, -1, -1):
         pitch[i] = pitch[i + 1] * Q[i + 1]
     cols = outs[0] * pitch[0]                       # flat positions computed
-    tiling = choose_tiling(og, cols, acc)
+    tiling = choose_tiling(og, cols, acc, knobs_for(ctx.node).mr)
     mr, nb = tiling.mr, tiling.nb
     cols_p = ceil_to(cols, nb)
     max_offset = sum((pitch[i] * reach[i] for i in range(1, sp)), pitch[0] * reach[0])
@@ -248,7 +255,7 @@ def lower_conv_rows(ctx: LowerContext, x: te.Tensor, weight: Weight, packed: te.
         c, t = tirx.floordiv(k, index(taps)), unravel(tirx.floormod(k, index(taps)), ks)
         return weight.at(o, c, t)
 
-    tiling = choose_tiling(P, O, acc)
+    tiling = choose_tiling(P, O, acc, knobs_for(ctx.node).mr)
     if packed is not None:
         tiling = packed_tiling(tiling, static(packed.shape[-1]))
     panels = static(ceil_div(O, tiling.nb))

@@ -62,6 +62,7 @@ from ...ir.registry import register_lowering
 from .common import HALF, LowerContext, dtype_of, index, is_float, narrow, widen
 from .schedule import SCHEDULES, inline_elementwise
 from .target import cpu_target
+from .tuning import knobs_for
 
 ROLE = "kiln.gemm"              # block annotation: "pack_l", "pack_r", "acc"
 PARALLEL_MIN_WORK = 1 << 16     # multiply-adds below which a kernel stays serial
@@ -133,18 +134,24 @@ class Tiling:
         return {"mr": self.mr, "nb": self.nb, "lanes": self.lanes}
 
 
-def choose_tiling(rows: tirx.PrimExpr, cols: tirx.PrimExpr, acc_dtype: str) -> Tiling:
+def choose_tiling(rows: tirx.PrimExpr, cols: tirx.PrimExpr, acc_dtype: str,
+                  mr: int | None = None) -> Tiling:
     """MR x NB accumulators filling the vector registers but for NB's loads and one
     broadcast: 6 x 4 vectors on AVX-512 (24 of 32 registers), 4 x 3 on AVX2; narrow
     matrices take fewer vectors and more rows (up to 12), short ones fewer rows.
     (Narrower tiles chosen to pad less, e.g. 12 x 32 for a 14 x 14 conv output,
-    measured no faster: their extra broadcasts cost what the padding saved.)"""
+    measured no faster: their extra broadcasts cost what the padding saved.)
+    `mr`: the rows per tile measured best for this workload (the tuning database),
+    kept within the registers."""
     m = machine()
     lanes = m.lanes(acc_dtype)
     nvec = 4 if m.registers >= 32 else 3
     if static(cols) is not None:
         nvec = max(1, min(nvec, -(-static(cols) // lanes)))
-    mr = max(1, min(12, (m.registers - nvec - 1) // nvec))
+    most = max(1, min(12, (m.registers - nvec - 1) // nvec))
+    if mr is not None:
+        return Tiling(max(1, min(mr, most)), nvec * lanes, lanes)
+    mr = most
     if static(rows) is not None:
         mr = max(1, min(mr, static(rows)))
         mr = least_padding(static(rows), mr)
@@ -486,7 +493,7 @@ def lower_matmul(ctx: LowerContext, a: te.Tensor, b: te.Tensor) -> te.Tensor:
                   (lambda bi, r, k: a[(*bi, r, k)]))
     rhs = Operand(b_batch, N, (lambda bi, c, k: b[k]) if b_vec else
                   (lambda bi, c, k: b[(*bi, k, c)]))
-    tiling = choose_tiling(M, N, acc)
+    tiling = choose_tiling(M, N, acc, knobs_for(ctx.node).mr)
     accumulated = panel_gemm("matmul", batch, lhs, rhs, K, acc, tiling, columns_last=not b_vec)
     nbatch = len(batch)
 
@@ -527,7 +534,7 @@ def _linear(ctx: LowerContext, x: te.Tensor, rhs: Operand, packed: te.Tensor | N
     batch = [] if x_vec else x_shape[:-2]
     lhs = Operand(batch, M, (lambda bi, r, k: x[k]) if x_vec else
                   (lambda bi, r, k: x[(*bi, r, k)]))
-    tiling = choose_tiling(M, rhs.extent, acc)
+    tiling = choose_tiling(M, rhs.extent, acc, knobs_for(ctx.node).mr)
     if packed is not None:
         tiling = packed_tiling(tiling, static(packed.shape[-1]))
     accumulated = panel_gemm("linear", batch, lhs, rhs, K, acc, tiling, packed_rhs=packed,

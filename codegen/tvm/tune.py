@@ -1,0 +1,151 @@
+"""The tuner: measures the template's candidate knobs on each contraction workload of a
+graph and records the fastest in the tuning database (tuning.py).
+
+    tune_graph(graph, db, rounds=5) -> list[Tuned]     (`kiln tune MODEL` calls it)
+
+For each distinct static contraction (conv, conv_packed, linear, linear_packed,
+matmul; a fused group's member, without its epilogue), every candidate (`candidates`:
+the conv strategies it can take times rows per tile 4, 5, 6, and the heuristics)
+is compiled on its own and called on random inputs of its types. The candidates
+alternate round by round; each one's time is the best over the rounds of a batch of
+calls lasting about `budget` seconds (the minimum: noise only ever adds). A candidate
+replaces the heuristics only when it is at least `MIN_GAIN` faster, so the database
+does not chase noise. Workloads already in the database are skipped unless
+`retune`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import tvm
+
+from ...ir import Graph, Node
+from ...ir.registry import CONTRACTION
+from ...runtime import dtypes
+from .lower import lower_node
+from .target import cpu_target
+from .tuning import STRATEGIES, Knobs, Record, TuningDatabase, forcing, workload_key
+
+TUNABLE = frozenset({"conv", "conv_packed", "linear", "linear_packed", "matmul"})
+ROWS = (4, 5, 6)          # rows per register tile tried (6 x 4 vectors fill AVX-512)
+MIN_GAIN = 0.03           # a candidate must beat the heuristics by this share
+
+
+@dataclass
+class Tuned:
+    """What tuning one workload found."""
+    key: str
+    flops: float
+    measured: dict[str, float]      # str(knobs) -> GFLOP/s
+    chosen: Knobs
+
+    @property
+    def gain(self) -> float:
+        """The chosen knobs' speed over the heuristics'."""
+        return self.measured[str(self.chosen)] / self.measured[str(Knobs())]
+
+
+def tunable_workloads(graph: Graph) -> dict[str, Node]:
+    """Distinct static contractions of `graph` (fused groups' members included)."""
+    found: dict[str, Node] = {}
+    for node in graph.nodes:
+        members = node.body.nodes if node.body is not None else [node]
+        for m in members:
+            if m.op in TUNABLE and CONTRACTION in m.opdef.traits and all(
+                    isinstance(d, int) for v in [*m.inputs, *m.outputs] for d in v.type.shape):
+                found.setdefault(workload_key(m), m)
+    return found
+
+
+def candidates(node: Node) -> list[Knobs]:
+    """The heuristics first, then every strategy the node can take x ROWS (a linear
+    or matmul: only tiles no taller than its rows)."""
+    strategies: tuple[str | None, ...] = (None,)
+    rows = ROWS
+    if node.op == "conv_packed" or (node.op == "conv" and node.attrs.get("groups", 1) == 1):
+        strategies = STRATEGIES
+    elif node.op not in ("conv", "conv_packed"):
+        shape = node.inputs[0].type.shape
+        rows = tuple(mr for mr in ROWS if len(shape) > 1 and mr <= shape[-2])
+    return [Knobs(), *(Knobs(s, mr) for s in strategies for mr in rows)]
+
+
+def flops(node: Node) -> float:
+    """Multiply-adds x 2 of a contraction: output elements x the reduction's length."""
+    out = math.prod(node.outputs[0].type.shape)
+    if node.op in ("conv", "conv_packed"):
+        x = node.inputs[0].type.shape
+        kernel = node.attrs.get("kernel") or node.inputs[1].type.shape[2:]
+        groups = node.attrs.get("groups", 1)
+        return 2.0 * out * (x[1] // groups) * math.prod(kernel)
+    return 2.0 * out * node.inputs[0].type.shape[-1]
+
+
+def _runner(node: Node, knobs: Knobs, rng: np.random.Generator) -> Callable[[], None]:
+    """`node` compiled alone with `knobs`, bound to random inputs of its types."""
+    with forcing(workload_key(node), knobs):
+        func = lower_node(node, "main")
+    fn = tvm.compile(tvm.IRModule({"main": func}), target=cpu_target())["main"]
+    args = []
+    for v in [*node.inputs, *node.outputs]:
+        dtype = dtypes.numpy_dtype(v.type.dtype.name)
+        shape = dtypes.storage_shape(v.type.dtype.name, v.type.shape)
+        data = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else \
+            rng.integers(-3, 4, shape).astype(dtype)
+        args.append(tvm.runtime.tensor(data))
+    return lambda: fn(*args)
+
+
+def measure(runners: dict[str, Callable[[], None]], rounds: int, budget: float
+            ) -> dict[str, float]:
+    """Best seconds per call of each runner, the runners alternating round by round."""
+    reps = {}
+    for name, run in runners.items():
+        run()
+        start = time.perf_counter()
+        run()
+        reps[name] = max(1, int(budget / max(time.perf_counter() - start, 1e-7)))
+    best = {name: math.inf for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            run()
+            start = time.perf_counter()
+            for _ in range(reps[name]):
+                run()
+            best[name] = min(best[name], (time.perf_counter() - start) / reps[name])
+    return best
+
+
+def tune_workload(node: Node, *, rounds: int, budget: float, seed: int = 0) -> Tuned:
+    rng = np.random.default_rng(seed)
+    knobs = {str(k): k for k in candidates(node)}
+    runners = {name: _runner(node, k, rng) for name, k in knobs.items()}
+    seconds = measure(runners, rounds, budget)
+    work = flops(node)
+    measured = {name: round(work / s / 1e9, 1) for name, s in seconds.items()}
+    fastest = min(seconds, key=seconds.__getitem__)
+    heuristics = str(Knobs())
+    chosen = knobs[fastest] if seconds[fastest] < (1 - MIN_GAIN) * seconds[heuristics] \
+        else Knobs()
+    return Tuned(workload_key(node), work, measured, chosen)
+
+
+def tune_graph(graph: Graph, db: TuningDatabase, *, rounds: int = 5, budget: float = 0.02,
+               retune: bool = False, log: Callable[[str], None] | None = None) -> list[Tuned]:
+    """Tune every workload of `graph` not yet in `db` (all of them with `retune`),
+    recording each in `db` (the caller saves it)."""
+    results = []
+    for key, node in tunable_workloads(graph).items():
+        if key in db.records and not retune:
+            continue
+        tuned = tune_workload(node, rounds=rounds, budget=budget)
+        db.records[key] = Record(tuned.chosen, tuned.measured)
+        results.append(tuned)
+        if log:
+            log(f"{tuned.gain:5.2f}x  {tuned.chosen}  ({tuned.measured[str(Knobs())]:.0f} -> "
+                f"{tuned.measured[str(tuned.chosen)]:.0f} GFLOP/s)  {key}")
+    return results
