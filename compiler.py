@@ -1,6 +1,8 @@
 """`kiln.compile`: a model in, a callable `CompiledModel` out.
 
     compile(model, example_inputs, dynamic_dims=...)
+      -> an nn.Module compiled before (same fingerprint, frontend/model_cache.py):
+         its optimized graph from the graph cache, skipping the next two steps
       -> a kiln Graph: torch frontend (nn.Module, ExportedProgram), ONNX frontend
          (`.onnx` file, ModelProto), `.kir` file, or a Graph
       -> passes: PassManager(passes or DEFAULT_PIPELINE), verified after each pass
@@ -46,12 +48,13 @@ class CompileReport:
     distinct_kernels: int = 0
     cache_hits: int = 0          # distinct kernels the kernel cache held
     cache_misses: int = 0        # distinct kernels compiled (all of them with no cache)
+    graph_cache: str = "off"     # an nn.Module's optimized graph: "hit", "stored", or why not
 
     def __str__(self) -> str:
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
         return (f"{self.nodes} nodes -> {self.kernel_calls} kernel calls, "
                 f"{self.distinct_kernels} distinct kernels (kernel cache: {self.cache_hits} "
-                f"hits, {self.cache_misses} misses); {stages}")
+                f"hits, {self.cache_misses} misses; graph cache: {self.graph_cache}); {stages}")
 
 
 class CompiledModel:
@@ -120,26 +123,43 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "cpu",
     kiln.passes.manager) or a list of passes; None runs `DEFAULT_PIPELINE`. `dump_ir`
     names a folder for the IR before and after each pass. `cache_dir` is the kernel
     cache's folder (default $KILN_CACHE_DIR, else ~/.cache/kiln/kernels; False or "off":
-    no cache).
+    no cache); an nn.Module's optimized graph is kept in its `graphs/` folder, keyed by
+    the model's fingerprint (frontend/model_cache.py), so compiling it again skips
+    torch.export and the passes.
     `on_stage(name, seconds)` is called as each stage starts (seconds=None) and ends."""
     if target not in TARGETS:
         raise KilnError(f"unknown target {target!r}; kiln compiles for: {', '.join(TARGETS)}")
     manager = PassManager(DEFAULT_PIPELINE if passes is None else passes, dump_ir=dump_ir)
     report = CompileReport()
     stage = _Stages(report, on_stage)
-    if isinstance(model, Graph):           # already imported (e.g. by the CLI)
-        graph = to_graph(model, example_inputs, dynamic_dims)
+    from .codegen.tvm.cache import open_cache
+    kernel_cache = open_cache(cache_dir)
+    graph = None
+    with stage("fingerprint"):
+        graphs, digest = _graph_cache(model, example_inputs, dynamic_dims, manager, target,
+                                      kernel_cache, dump_ir, report)
+        if digest is not None:
+            graph = graphs.load(digest)
+    if graph is not None:
+        report.graph_cache = "hit"
+        with stage("passes"):              # the memory plan is not stored: plan again
+            PassManager([p for p in manager.passes if p.name == "plan"]).run(graph)
     else:
-        with stage("import"):
+        if isinstance(model, Graph):           # already imported (e.g. by the CLI)
             graph = to_graph(model, example_inputs, dynamic_dims)
-    with stage("passes"):
-        report.passes = manager.run(graph)   # verifies after every pass
-        verify(graph)                         # and an empty pipeline's input
+        else:
+            with stage("import"):
+                graph = to_graph(model, example_inputs, dynamic_dims)
+        with stage("passes"):
+            report.passes = manager.run(graph)   # verifies after every pass
+            verify(graph)                         # and an empty pipeline's input
+        if digest is not None:
+            graphs.store(digest, graph)
+            report.graph_cache = "stored"
     with stage("codegen"):
         from .codegen.tvm.build import build_graph   # imports TVM if a kernel is not cached
-        from .codegen.tvm.cache import open_cache
         workdir = tempfile.TemporaryDirectory(prefix="kiln-build-")
-        built = build_graph(graph, workdir.name, cache=open_cache(cache_dir))
+        built = build_graph(graph, workdir.name, cache=kernel_cache)
     with stage("plan"):
         plan = make_plan(graph, built.calls)
     report.nodes = len(graph.nodes)
@@ -147,6 +167,30 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "cpu",
     report.distinct_kernels = len(built.kernels)
     report.cache_hits, report.cache_misses = built.cache.hits, built.cache.misses
     return CompiledModel(graph, plan, built.library, workdir, built.target_name, report)
+
+
+def _graph_cache(model: Any, example_inputs: Any, dynamic_dims: Any, manager: PassManager,
+                 target: str, kernel_cache: Any, dump_ir: Any, report: CompileReport):
+    """(the graph cache, the model's fingerprint) for an nn.Module compiled with the
+    kernel cache on and no IR dumps; (None, None) otherwise, with the reason in
+    `report.graph_cache`."""
+    if kernel_cache is None or dump_ir is not None or not _is_torch_module(model):
+        report.graph_cache = "off" if kernel_cache is None or not _is_torch_module(model) \
+            else "off (IR dumps asked for)"
+        return None, None
+    from .frontend.model_cache import GraphCache, Unfingerprintable, fingerprint
+    digest = fingerprint(model, example_inputs, dynamic_dims,
+                         f"pipeline {manager.pipeline}\ntarget {target}")
+    if isinstance(digest, Unfingerprintable):
+        report.graph_cache = f"off ({digest})"
+        return None, None
+    return GraphCache(kernel_cache.root / "graphs"), digest
+
+
+def _is_torch_module(model: Any) -> bool:
+    import sys
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 def to_graph(model: Any, example_inputs: Any, dynamic_dims: Any) -> Graph:

@@ -43,6 +43,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _VALUE = re.compile(r"%([A-Za-z0-9_][A-Za-z0-9_.]*)")
 _INT = re.compile(r"-?\d+(?![\d.eE])")
 _FLOAT = re.compile(r"-?(?:inf|nan|\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\.\d+(?:[eE][-+]?\d+)?)")
+_SPACE = re.compile(r"(?:\s|#[^\n]*)+")
+_NAME_CHAR = re.compile(r"[A-Za-z0-9_]")
 _DTYPES = {d.name: d for d in ALL_DTYPES}
 
 
@@ -64,10 +66,8 @@ class _Parser:
                           filename=self.filename)
 
     def skip(self) -> None:
-        while True:
-            m = re.compile(r"(?:\s+|#[^\n]*)").match(self.text, self.pos)
-            if not m or m.end() == self.pos:
-                return
+        m = _SPACE.match(self.text, self.pos)
+        if m:
             self.pos = m.end()
 
     def peek(self, literal: str) -> bool:
@@ -84,7 +84,7 @@ class _Parser:
         """A keyword (graph, return, loc) not followed by more name characters."""
         self.skip()
         end = self.pos + len(word)
-        if self.text.startswith(word, self.pos) and not re.match(r"[A-Za-z0-9_]", self.text[end:end + 1]):
+        if self.text.startswith(word, self.pos) and not _NAME_CHAR.match(self.text, end):
             self.pos = end
             return True
         return False
