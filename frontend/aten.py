@@ -219,7 +219,9 @@ def _elu(cx: Emitter, x, alpha=1.0, scale=1.0, input_scale=1.0):
     return cx.emit("elu", [cx.value(x, cx.out_dtype)], alpha=alpha)
 
 
-def _to_copy(cx: Emitter, x, **kw):
+def _to_copy(cx: Emitter, x, *_, **kw):
+    """_to_copy, to (every overload) and type_as: a cast to the output dtype (kiln's
+    tensors have one device and no memory format)."""
     _strided(kw)
     return cx.cast(cx.value(x), cx.out_dtype, name=cx.node.name)
 
@@ -229,6 +231,20 @@ def _identity(cx: Emitter, x, *_, **kw):
     return cx.value(x)
 
 
+def _dropout(cx: Emitter, x, p, train):
+    """dropout and its feature/alpha variants: the identity when not training."""
+    require(not train or cx.number(p) == 0, "dropout in training mode (call model.eval() first?)")
+    return cx.value(x)
+
+
+def _masked_fill(cx: Emitter, x, mask, value):
+    return _where(cx, mask, value, x)
+
+
+def _relu6(cx: Emitter, x):
+    return _clamp(cx, x, 0, 6)
+
+
 # --- creation ------------------------------------------------------------------------------
 def _full(cx: Emitter, size, fill_value, *_, **kw):
     _strided(kw)
@@ -236,10 +252,17 @@ def _full(cx: Emitter, size, fill_value, *_, **kw):
                    dtype=cx.out_dtype)
 
 
-def _empty(cx: Emitter, *_, **kw):
-    """torch leaves an empty tensor's values undefined; kiln fills it with zeros."""
-    _strided(kw)
-    return cx.emit("full", [], shape=cx.out_shape(), value=0.0, dtype=cx.out_dtype)
+def _filled(value: float) -> Callable:
+    """A tensor of the output's shape and dtype holding `value` (zeros, ones_like,
+    new_ones, ...; torch leaves an empty tensor's values undefined, kiln fills it with 0)."""
+    def convert(cx: Emitter, *_, **kw):
+        _strided(kw)
+        return cx.emit("full", [], shape=cx.out_shape(), value=value, dtype=cx.out_dtype)
+    return convert
+
+
+def _new_full(cx: Emitter, x, size, fill_value, **kw):
+    return _full(cx, size, fill_value, **kw)
 
 
 def _scalar_tensor(cx: Emitter, s, **kw):
@@ -279,11 +302,23 @@ def _reduce_all(op: str) -> Callable:
     return lambda cx, x, **kw: _reduce(op)(cx, x, None, False)
 
 
-def _var(cx: Emitter, x, dim=None, correction=None, keepdim=False):
+def _var(cx: Emitter, x, dim=None, correction=None, keepdim=False, name=None):
     c = 1 if correction is None else cx.number(correction)
     require(float(c).is_integer(), f"correction={c}")
-    return cx.emit("var", [cx.value(x, cx.out_dtype)], axes=_dims(dim), keepdims=keepdim,
-                   correction=int(c))
+    return cx.emit("var", [cx.value(x, cx.out_dtype)], name=name, axes=_dims(dim),
+                   keepdims=keepdim, correction=int(c))
+
+
+def _var_unbiased(cx: Emitter, x, dim=None, unbiased=True, keepdim=False, name=None):
+    """var.dim and var.default: `unbiased` is correction 1 (else 0)."""
+    return _var(cx, x, dim, int(unbiased), keepdim, name)
+
+
+def _std(variance: Callable) -> Callable:
+    """The std overload that goes with a var converter: the square root of its result."""
+    def convert(cx: Emitter, *args, **kw):
+        return cx.emit("sqrt", [variance(cx, *args, **kw, name=cx.aux("var"))])
+    return convert
 
 
 def _arg(op: str) -> Callable:
@@ -345,10 +380,19 @@ def _rms_norm(cx: Emitter, x, normalized_shape, weight=None, eps=None):
 
 
 def _batch_norm(cx: Emitter, x, weight, bias, running_mean, running_var, momentum, eps):
+    """_native_batch_norm_legit_no_training: the running statistics normalize."""
     v = cx.value(x)
     ins = [v, cx.value(running_mean), cx.value(running_var)]
     out = cx.emit("batch_norm", ins + _affine(cx, v, weight, bias, (v.type.shape[1],)), eps=eps)
     return out, "its save_mean output", "its save_invstd output"
+
+
+def _batch_norm_eval(cx: Emitter, x, weight, bias, running_mean, running_var, training,
+                     momentum, eps, cudnn_enabled):
+    """batch_norm (the training IR's op): only with running statistics, not training."""
+    require(not training and running_mean is not None and running_var is not None,
+            "batch_norm in training mode (call model.eval() first?)")
+    return _batch_norm(cx, x, weight, bias, running_mean, running_var, momentum, eps)[0]
 
 
 def _group_norm(cx: Emitter, x, num_groups, weight=None, bias=None, eps=1e-5, *_):
@@ -394,10 +438,37 @@ def _convolution(cx: Emitter, x, weight, bias, stride, padding, dilation, transp
     require(not transposed, "transposed convolution")
     n = _rank(x) - 2
     pads = _spatial(padding, n, "padding")
-    return cx.emit("conv", [cx.value(x), cx.value(weight)] +
-                   ([cx.value(bias)] if bias is not None else []),
-                   strides=_spatial(stride, n, "stride"), pads=pads + pads,
-                   dilations=_spatial(dilation, n, "dilation"), groups=groups)
+    return _conv_node(cx, cx.value(x), weight, bias, _spatial(stride, n, "stride"), pads + pads,
+                      _spatial(dilation, n, "dilation"), groups)
+
+
+def _conv_node(cx: Emitter, x: Value, weight, bias, strides, pads, dilations, groups,
+               name: str | None = None) -> Value:
+    return cx.emit("conv", [x, cx.value(weight)] + ([cx.value(bias)] if bias is not None else []),
+                   name=name, strides=strides, pads=pads, dilations=dilations, groups=groups)
+
+
+def _conv(cx: Emitter, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """conv1d/conv2d/conv3d: an input without a batch axis gets one; `padding` is a
+    list, or "valid" or "same" (torch puts the odd one of a "same" pad at the end)."""
+    n = _rank(weight) - 2
+    v = cx.value(x)
+    batched = v.type.rank == n + 2
+    if not batched:
+        v = cx.emit("unsqueeze", [v], name=cx.aux("batch"), axes=(0,))
+    dilations = _spatial(dilation, n, "dilation")
+    if padding == "valid":
+        pads = (0,) * (2 * n)
+    elif padding == "same":
+        kernel = weight.meta["val"].shape[2:]
+        require(all(isinstance(k, int) for k in kernel), "padding='same' with a symbolic kernel")
+        total = [d * (k - 1) for d, k in zip(dilations, kernel)]
+        pads = tuple(t // 2 for t in total) + tuple(t - t // 2 for t in total)
+    else:
+        pads = _spatial(padding, n, "padding") * 2
+    out = _conv_node(cx, v, weight, bias, _spatial(stride, n, "stride"), pads, dilations,
+                     groups, name=None if batched else cx.aux("conv"))
+    return out if batched else cx.emit("squeeze", [out], axes=(0,))
 
 
 def _max_pool(cx: Emitter, x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
@@ -465,6 +536,15 @@ def _expand(cx: Emitter, x, *_, **__):
     v = cx.value(x)
     shape = cx.out_shape()
     return v if shape == v.type.shape else cx.emit("expand", [v], shape=shape)
+
+
+def _narrow(cx: Emitter, x, dim, start, length):
+    """x[start:start + length] along dim; a negative start counts from the end."""
+    first, size = cx.dim(start), cx.dim(length)
+    end = symbolic.add(first, size)
+    if isinstance(first, int) and first < 0 and end == 0:   # up to the end
+        end = BIG
+    return cx.emit("slice", [cx.value(x)], axis=_axis(dim, _rank(x)), start=first, end=end)
 
 
 def _permute(cx: Emitter, x, dims):
@@ -538,6 +618,41 @@ def _split(cx: Emitter, x, split_sizes, dim=0):
     return tuple(outs)
 
 
+def _unbind(cx: Emitter, x, dim=0):
+    v = cx.value(x)
+    axis = _axis(dim, v.type.rank)
+    pieces = cx.emit("split", [v], name=cx.aux("split"), axis=axis, sizes=[1] * len(cx.meta)) \
+        if len(cx.meta) > 1 else (v,)
+    return tuple(cx.emit("squeeze", [p], name=f"{cx.node.name}_{i}", axes=(axis,))
+                 for i, p in enumerate(pieces))
+
+
+def _stack(cx: Emitter, tensors, dim=0):
+    dtype = cx.out_dtype
+    axis = _axis(dim, _rank(tensors[0]) + 1)
+    values = [cx.emit("unsqueeze", [cx.value(t, dtype)], name=cx.aux(f"unsqueeze_{i}"),
+                      axes=(axis,)) for i, t in enumerate(tensors)]
+    return cx.emit("concat", values, axis=axis)
+
+
+def _diff(cx: Emitter, x, n=1, dim=-1, prepend=None, append=None):
+    """n times x[1:] - x[:-1] along dim (logical xor for bools), after putting
+    `prepend` before and `append` after x along dim."""
+    axis = _axis(dim, _rank(x))
+    v = cx.value(x)
+    parts = [cx.value(t, v.type.dtype) for t in (prepend, x, append) if t is not None]
+    if len(parts) > 1:
+        v = cx.emit("concat", parts, name=cx.aux("concat"), axis=axis)
+    op = "logical_xor" if v.type.dtype == bool_ else "sub"
+    for i in range(n):
+        last = i == n - 1
+        later = cx.emit("slice", [v], name=cx.aux(f"later_{i}"), axis=axis, start=1, end=BIG)
+        earlier = cx.emit("slice", [v], name=cx.aux(f"earlier_{i}"), axis=axis, start=0,
+                          end=-1)
+        v = cx.emit(op, [later, earlier], name=None if last else cx.aux(f"diff_{i}"))
+    return v
+
+
 def _constant_pad(cx: Emitter, x, pad, value=0):
     v = cx.value(x)
     rank = v.type.rank
@@ -550,6 +665,11 @@ def _constant_pad(cx: Emitter, x, pad, value=0):
 
 def _flip(cx: Emitter, x, dims):
     return cx.emit("flip", [cx.value(x)], axes=tuple(_axis(d, _rank(x)) for d in dims))
+
+
+def _tile(cx: Emitter, x, dims):
+    """tile: repeat, with ones before `dims` when x has more axes."""
+    return _repeat(cx, x, [1] * (_rank(x) - len(dims)) + list(dims))
 
 
 def _repeat(cx: Emitter, x, repeats):
@@ -599,7 +719,8 @@ _UNARY = ["exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "reciprocal", "sin", 
                 "sign", "floor", "ceil", "trunc"]
 _ARITH = {"add": "add", "sub": "sub", "mul": "mul", "maximum": "maximum", "minimum": "minimum",
           "remainder": "remainder", "fmod": "fmod", "atan2": "atan2", "floor_divide": "floor_div",
-          "bitwise_and": "bitwise_and", "bitwise_or": "bitwise_or", "bitwise_xor": "bitwise_xor"}
+          "bitwise_and": "bitwise_and", "bitwise_or": "bitwise_or", "bitwise_xor": "bitwise_xor",
+          "__and__": "bitwise_and", "__or__": "bitwise_or", "__xor__": "bitwise_xor"}
 
 
 def _overloads(name: str) -> list:
@@ -634,15 +755,26 @@ CONVERTERS: dict[Any, Callable] = {
     aten.where.self: _where,
     aten.clamp.default: _clamp, aten.clamp.Tensor: _clamp,
     aten.clamp_min.default: _clamp_min, aten.clamp_max.default: _clamp_max,
-    aten.hardtanh.default: _clamp,
-    aten._to_copy.default: _to_copy,
+    aten.hardtanh.default: _clamp, aten.relu6.default: _relu6,
+    aten.clamp_min.Tensor: _clamp_min, aten.clamp_max.Tensor: _clamp_max,
+    aten.masked_fill.Scalar: _masked_fill, aten.masked_fill.Tensor: _masked_fill,
+    aten.where.ScalarOther: _where, aten.where.ScalarSelf: _where, aten.where.Scalar: _where,
+    aten._to_copy.default: _to_copy, aten.type_as.default: _to_copy,
+    **{getattr(aten.to, o): _to_copy for o in ("dtype", "dtype_layout", "device", "other")},
     **{op: _identity for op in (aten.clone.default, aten.alias.default, aten.detach.default,
-                                aten.lift_fresh_copy.default)},
+                                aten.lift_fresh_copy.default, aten.contiguous.default)},
+    **{getattr(aten, n).default: _dropout for n in ("dropout", "feature_dropout", "alpha_dropout",
+                                                    "feature_alpha_dropout")},
     # creation
     aten.full.default: _full, aten.full_like.default: _full,
     aten.scalar_tensor.default: _scalar_tensor,
-    aten.empty.memory_format: _empty, aten.empty_permuted.default: _empty,
-    aten.empty_strided.default: _empty,
+    aten.new_full.default: _new_full, aten.fill.Scalar: _full,
+    **{op: _filled(0.0) for op in (aten.empty.memory_format, aten.empty_permuted.default,
+                                   aten.empty_strided.default, aten.empty_like.default,
+                                   aten.new_empty.default, aten.zeros.default,
+                                   aten.zeros_like.default, aten.new_zeros.default)},
+    **{op: _filled(1.0) for op in (aten.ones.default, aten.ones_like.default,
+                                   aten.new_ones.default)},
     aten.arange.default: _arange, aten.arange.start: _arange, aten.arange.start_step: _arange,
     # reductions and normalizations
     **{getattr(aten, n).dim_IntList if n == "sum" else getattr(aten, n).dim: _reduce(n)
@@ -655,7 +787,9 @@ CONVERTERS: dict[Any, Callable] = {
     aten.any.default: _reduce_all("any"), aten.any.dim: _reduce("any"),
     aten.any.dims: _reduce("any"), aten.all.default: _reduce_all("all"),
     aten.all.dim: _reduce("all"), aten.all.dims: _reduce("all"),
-    aten.var.correction: _var,
+    aten.var.correction: _var, aten.var.dim: _var_unbiased, aten.var.default: _var_unbiased,
+    aten.std.correction: _std(_var), aten.std.dim: _std(_var_unbiased),
+    aten.std.default: _std(_var_unbiased),
     aten.argmax.default: _arg("argmax"), aten.argmin.default: _arg("argmin"),
     aten.cumsum.default: _cumsum,
     aten.softmax.int: _softmax("softmax"), aten._softmax.default: _softmax("softmax"),
@@ -664,12 +798,16 @@ CONVERTERS: dict[Any, Callable] = {
     aten.layer_norm.default: _layer_norm, aten.native_layer_norm.default: _native_layer_norm,
     aten.rms_norm.default: _rms_norm,
     aten._native_batch_norm_legit_no_training.default: _batch_norm,
+    aten.batch_norm.default: _batch_norm_eval,
     aten.group_norm.default: _group_norm,
     # contractions and windows
     aten.linear.default: _linear, aten.matmul.default: _matmul, aten.mm.default: _matmul,
     aten.bmm.default: _matmul, aten.addmm.default: _addmm, aten.baddbmm.default: _addmm,
     aten.convolution.default: _convolution,
+    **{getattr(aten, f"conv{n}d").default: _conv for n in (1, 2, 3)},
+    **{getattr(aten, f"conv{n}d").padding: _conv for n in (1, 2, 3)},
     aten.max_pool1d.default: _max_pool, aten.max_pool2d_with_indices.default: _max_pool,
+    aten.max_pool2d.default: _max_pool, aten.max_pool3d.default: _max_pool,
     aten.max_pool3d_with_indices.default: _max_pool,
     aten.avg_pool1d.default: _avg_pool, aten.avg_pool2d.default: _avg_pool,
     aten.avg_pool3d.default: _avg_pool,
@@ -681,16 +819,19 @@ CONVERTERS: dict[Any, Callable] = {
     aten.embedding.default: _embedding,
     # layout
     aten.view.default: _reshape, aten._unsafe_view.default: _reshape,
-    aten.reshape.default: _reshape,
-    aten.expand.default: _expand,
+    aten.reshape.default: _reshape, aten.view_as.default: _reshape,
+    aten.reshape_as.default: _reshape, aten.flatten.using_ints: _reshape,
+    aten.unflatten.int: _reshape,
+    aten.expand.default: _expand, aten.expand_as.default: _expand,
     aten.permute.default: _permute, aten.transpose.int: _transpose, aten.t.default: _t,
     aten.unsqueeze.default: _unsqueeze,
     aten.squeeze.default: _squeeze, aten.squeeze.dim: _squeeze, aten.squeeze.dims: _squeeze,
-    aten.slice.Tensor: _slice, aten.select.int: _select,
-    aten.cat.default: _cat,
-    aten.split_with_sizes.default: _split, aten.split.Tensor: _split,
+    aten.slice.Tensor: _slice, aten.select.int: _select, aten.narrow.default: _narrow,
+    aten.cat.default: _cat, aten.stack.default: _stack,
+    aten.split_with_sizes.default: _split, aten.split.Tensor: _split, aten.chunk.default: _split,
+    aten.unbind.int: _unbind, aten.diff.default: _diff,
     aten.constant_pad_nd.default: _constant_pad,
-    aten.flip.default: _flip, aten.repeat.default: _repeat,
+    aten.flip.default: _flip, aten.repeat.default: _repeat, aten.tile.default: _tile,
     aten.gather.default: _gather, aten.index_select.default: _index_select,
     aten.index.Tensor: _index,
     aten.triu.default: _triangle("triu"), aten.tril.default: _triangle("tril"),

@@ -2,14 +2,19 @@
 becomes a kiln `Graph`.
 
     import_model(model, example_inputs, dynamic_dims={"input_ids": {0: "batch", 1: "seq"}})
-      -> torch.export.export(strict=False), Dim.DYNAMIC on each declared axis
-      -> ep.run_decompositions(): core ATen, but every composite op that has a
-         handler in `aten.CONVERTERS` (linear, matmul, layer_norm, rms_norm, SDPA,
-         silu, softmax, ...) is kept whole
+      -> torch.export.export(strict=False), Dim.DYNAMIC on each declared axis: the
+         training IR (ATen before autograd: composite ops, in-place ops)
+      -> `decomposition_reasons(ep)`: empty when the importer converts the graph as it
+         is (every op has a handler, nothing observes a mutation); else
+         ep.run_decompositions() (seconds: it retraces the program): core ATen, but
+         every composite op that has a handler in `aten.CONVERTERS` (linear, matmul,
+         layer_norm, rms_norm, SDPA, conv2d, ...) is kept whole
       -> placeholders: user inputs become graph inputs, torch's s0, s1 become
          "batch", "seq"; parameters, buffers and lifted constants become
          `Graph.add_constant`s, by reference, named by their state-dict names
-      -> each call_function node -> its handler in `aten.CONVERTERS`; SymInt
+      -> each call_function node the output depends on -> its handler in
+         `aten.CONVERTERS` (an in-place op that decomposition_reasons let through: its
+         functional op's; a wrap_with_set_grad_enabled call: its body's nodes); SymInt
          arithmetic (sym_size, s0*s1) becomes dim expressions, never nodes
       -> verify, return
 
@@ -38,7 +43,7 @@ from .aten import CONVERTERS, SKIPPED, Emitter, Unsupported, to_kiln_dtype
 
 DynamicDims = Mapping["str | int", Mapping[int, str]]
 
-__all__ = ["import_model"]
+__all__ = ["decomposition_reasons", "import_model"]
 
 
 def import_model(model: "torch.nn.Module | ExportedProgram", example_inputs: Any = None,
@@ -62,11 +67,12 @@ def import_model(model: "torch.nn.Module | ExportedProgram", example_inputs: Any
     else:
         raise FrontendError(f"import_model takes an nn.Module or an ExportedProgram, "
                             f"got {type(model).__name__}")
-    table = torch.export.default_decompositions()
-    for op in CONVERTERS:   # keep the composite ops kiln has as first-class ops
-        if isinstance(op, torch._ops.OpOverload) and op in table:
-            del table[op]
-    ep = ep.run_decompositions(table)
+    if decomposition_reasons(ep):
+        table = torch.export.default_decompositions()
+        for op in CONVERTERS:   # keep the composite ops kiln has as first-class ops
+            if isinstance(op, torch._ops.OpOverload) and op in table:
+                del table[op]
+        ep = ep.run_decompositions(table)
     what = f"torch model {name}" + (" (its dropout/batch-norm layers are in training mode: "
                                     "call model.eval() first?)" if training else "")
     graph = _Importer(ep, name, dynamic_dims or {}, what).run()
@@ -129,6 +135,93 @@ def _export(model: torch.nn.Module, example_inputs: Any, dynamic_dims: DynamicDi
                             f"{f' with dynamic_dims {dict(dynamic_dims)}' if specs else ''}: "
                             f"{type(e).__name__}: {e}") from e
     return ep, by_name
+
+
+# --- whether to decompose ------------------------------------------------------------------
+_SET_GRAD_ENABLED = torch.ops.higher_order.wrap_with_set_grad_enabled
+_SCALARS = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
+# composite ops whose result is always a new tensor (a composite op's schema does not say
+# whether it returns its input: dropout in eval mode does)
+_NEW_TENSOR_COMPOSITES = frozenset(getattr(torch.ops.aten, n).default for n in (
+    "linear", "conv1d", "conv2d", "conv3d", "batch_norm", "layer_norm"))
+
+
+def decomposition_reasons(ep: ExportedProgram) -> list[str]:
+    """Why `ep` must go through `run_decompositions` before the importer reads it, one
+    reason per op or mutation (empty: the importer converts the graph as it is). It
+    must when an op has no handler in `aten.CONVERTERS` (and is no size arithmetic, no
+    torch check in `SKIPPED`), or when a mutation could be seen: a mutation in the
+    graph signature, or an in-place op other than one that only updates a new tensor
+    nobody else reads (`x = conv(...); x += y`), which is converted as its functional op.
+    `wrap_with_set_grad_enabled` bodies are checked as part of the graph."""
+    reasons = [f"{spec.kind.name} {spec.target or spec.arg}"
+               for spec in ep.graph_signature.output_specs if spec.kind != OutputKind.USER_OUTPUT]
+    reasons += [f"input kind {spec.kind.name}" for spec in ep.graph_signature.input_specs
+                if spec.kind not in (InputKind.USER_INPUT, InputKind.PARAMETER,
+                                     InputKind.BUFFER, InputKind.CONSTANT_TENSOR)]
+    return reasons + _graph_reasons(ep.graph)
+
+
+def _graph_reasons(graph: torch.fx.Graph) -> list[str]:
+    reasons: list[str] = []
+    for node in graph.nodes:
+        target = node.target
+        if node.op in ("placeholder", "output") or target in SKIPPED or target in CONVERTERS:
+            continue
+        if node.op == "get_attr":
+            if not all(u.target is _SET_GRAD_ENABLED for u in node.users):
+                reasons.append(f"get_attr {target}")
+        elif node.op != "call_function":
+            reasons.append(f"{node.op} {target}")
+        elif target is _SET_GRAD_ENABLED:
+            body = _body(node).graph
+            outputs = next(n for n in body.nodes if n.op == "output").args[0]
+            reasons += _graph_reasons(body) + [
+                f"{_op_name(target)} returning a non-tensor" for o in outputs if not _is_tensor(o)]
+        elif isinstance(node.meta.get("val"), _SCALARS):
+            continue   # size arithmetic
+        elif (functional := _in_place(target)) is not None:
+            if functional not in CONVERTERS or not _updates_a_new_tensor(node):
+                reasons.append(f"{_op_name(target)} (in place)")
+        else:
+            reasons.append(_op_name(target))
+    return reasons
+
+
+def _in_place(target: Any) -> Any:
+    """The functional op of an in-place op (`aten.add_.Tensor` -> `aten.add.Tensor`),
+    else None."""
+    if not isinstance(target, torch._ops.OpOverload) or not target._schema.arguments:
+        return None
+    name = target._schema.name.split("::")[-1]
+    first = target._schema.arguments[0].alias_info
+    if not name.endswith("_") or first is None or not first.is_write:
+        return None
+    packet = getattr(getattr(torch.ops, target.namespace), name[:-1], None)
+    return getattr(packet, target._overloadname, None)
+
+
+def _updates_a_new_tensor(node: torch.fx.Node) -> bool:
+    """Whether in-place `node` updates a tensor made by an op that returns new memory,
+    read by nothing but `node`, with operands of its dtype (so the functional op
+    computes in the same dtype): then the functional op gives the same values."""
+    target = node.args[0]
+    if not isinstance(target, torch.fx.Node) or target.op != "call_function" or \
+            len(target.users) != 1 or not _is_tensor(target):
+        return False
+    op = target.target
+    new = op in _NEW_TENSOR_COMPOSITES or (
+        isinstance(op, torch._ops.OpOverload) and _in_place(op) is None and
+        not op.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd) and
+        all(r.alias_info is None for r in op._schema.returns))
+    dtype = target.meta["val"].dtype
+    return new and all(a.meta["val"].dtype == dtype for a in node.all_input_nodes
+                       if _is_tensor(a))
+
+
+def _body(node: torch.fx.Node) -> torch.fx.GraphModule:
+    """The body graph module of a higher-order op call such as wrap_with_set_grad_enabled."""
+    return getattr(node.graph.owning_module, node.args[1].target)
 
 
 # --- symbols --------------------------------------------------------------------------------
@@ -242,6 +335,7 @@ class _Importer:
         self.values: dict[torch.fx.Node, Any] = {}
         self.poisoned: set[torch.fx.Node] = set()
         self.unsupported: dict[str, list[str]] = {}
+        self.live = _live(ep.graph)
 
     def run(self) -> Graph:
         placeholders = [n for n in self.ep.graph.nodes if n.op == "placeholder"]
@@ -252,7 +346,7 @@ class _Importer:
         for node in placeholders:
             self._placeholder(node, specs[node.name])
         for node in self.ep.graph.nodes:
-            if node.op == "call_function":
+            if node.op == "call_function" and node in self.live:
                 self._call(node)
             elif node.op == "output":
                 self._outputs(node)
@@ -287,7 +381,8 @@ class _Importer:
         return TensorType(tuple(self.dims(d) for d in meta.shape), to_kiln_dtype(meta.dtype))
 
     def _placeholder(self, node: torch.fx.Node, spec: Any) -> None:
-        if spec.kind == InputKind.TOKEN or (not node.users and spec.kind != InputKind.USER_INPUT):
+        if spec.kind == InputKind.TOKEN or (node not in self.live and
+                                            spec.kind != InputKind.USER_INPUT):
             return   # an effect token, or an unused weight (BatchNorm's num_batches_tracked)
         if spec.kind == InputKind.USER_INPUT:
             if _is_tensor(node):
@@ -318,9 +413,15 @@ class _Importer:
         target, meta = node.target, node.meta.get("val")
         if target in SKIPPED:
             return
+        if target is _SET_GRAD_ENABLED:
+            self._inline(node)
+            return
         poisoned = any(n in self.poisoned for n in node.all_input_nodes)
+        if target not in CONVERTERS and _in_place(target) in CONVERTERS:
+            # decomposition_reasons let it through: it updates a tensor nobody else reads
+            target = _in_place(target)
         if target not in CONVERTERS:
-            if isinstance(meta, (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)):
+            if isinstance(meta, _SCALARS):
                 try:   # size arithmetic: resolved where it is used, unless data-dependent
                     if isinstance(meta, torch.SymInt) and not poisoned:
                         self.dims(meta)
@@ -348,6 +449,28 @@ class _Importer:
             raise FrontendError(f"importing fx node {node.format_node()} "
                                 f"(from {source_of(node)}): {e}") from e
         self.values[node] = result
+
+    def _inline(self, node: torch.fx.Node) -> None:
+        """wrap_with_set_grad_enabled(enabled, body, *operands): the grad mode changes no
+        value at inference, so the body's nodes are imported in its place; the call's
+        value is the tuple of the body's outputs."""
+        body = _body(node).graph
+        operands, live = iter(node.args[2:]), _live(body)
+        for inner in body.nodes:
+            if inner.op == "placeholder":
+                operand = next(operands)
+                if operand in self.poisoned:
+                    self.poisoned.add(inner)
+                elif operand in self.values:
+                    self.values[inner] = self.values[operand]
+            elif inner.op == "call_function" and inner in live:
+                self._call(inner)
+            elif inner.op == "output":
+                outputs = inner.args[0]
+                if any(o in self.poisoned or o not in self.values for o in outputs):
+                    self.poisoned.add(node)
+                else:
+                    self.values[node] = tuple(self.values[o] for o in outputs)
 
     def _check(self, node: torch.fx.Node, result: Any) -> None:
         """Each kiln value must have the type torch recorded: else the handler is wrong."""
@@ -379,6 +502,19 @@ class _Importer:
             elif arg not in self.poisoned and arg in self.values:
                 outputs.append(self.values[arg])
         self.graph.set_outputs(outputs)
+
+
+def _live(graph: torch.fx.Graph) -> set[torch.fx.Node]:
+    """The nodes the graph's output depends on (torch's training IR keeps dead code,
+    such as the unused masks of transformers' attention; decomposing drops it)."""
+    live: set[torch.fx.Node] = set()
+    stack = [n for n in graph.nodes if n.op == "output"]
+    while stack:
+        node = stack.pop()
+        if node not in live:
+            live.add(node)
+            stack.extend(node.all_input_nodes)
+    return live
 
 
 def _bind(node: torch.fx.Node) -> tuple[list, dict]:

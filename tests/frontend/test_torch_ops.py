@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from kiln.frontend.torch import import_model
 from kiln.testing import assert_roundtrip, assert_same_outputs
 
-# torch.export's own pytree code warns about its internals
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+# torch.export's own pytree code warns about its internals; ATen, about padding="same"
+# with an even kernel (the conv_padding_modes case, on purpose)
+pytestmark = [pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning"),
+              pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")]
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -85,6 +87,13 @@ CASES: dict[str, tuple] = {
     "casts": (lambda x, i: (x.to(torch.float16), x.long(), i.bool(), i.float() * x,
                             x.to(torch.bfloat16), x.double(), i.to(torch.int32)),
               [f32(3, 4), i64(3, 4)]),
+    "casts_and_identities": (lambda x, i: (x.type_as(i), i.to("cpu", torch.float32), x.to(i),
+                                           x.to(x), x.contiguous(), F.dropout(x, 0.5, False),
+                                           F.dropout2d(x[None, None], 0.5, False),
+                                           F.alpha_dropout(x, 0.5, False)),
+                             [f32(3, 4), i64(3, 4)]),
+    "bool_scalar_ops": (lambda m, i: (m & True, i | 2, i ^ 3, m ^ (i > 2)),
+                        [boolean(3, 4), i64(3, 4)]),
     # --- reductions
     "reductions": (lambda x: (x.sum(), x.sum(1), x.sum((0, 2), keepdim=True), x.mean(-1),
                               x.mean(), x.amax(1), x.amin((1, 2)), x.max(), x.prod(2),
@@ -96,6 +105,9 @@ CASES: dict[str, tuple] = {
                                           i.sum(), torch.cumsum(m, 1), torch.cumsum(i, 0),
                                           i.to(torch.int32).sum(0)),
                             [boolean(3, 4), i64(3, 4)]),
+    "var_std_overloads": (lambda x: (torch.var(x, 1, unbiased=False), x.var(), x.std(),
+                                     x.std(1, correction=0, keepdim=True),
+                                     torch.std(x, (0, 2), unbiased=True)), [f32(2, 3, 4)]),
     "softmax": (lambda x: (x.softmax(-1), x.log_softmax(1), torch.softmax(x, 0, torch.float64)),
                 [f32(2, 3, 4)]),
     # --- normalizations
@@ -133,6 +145,16 @@ CASES: dict[str, tuple] = {
                    lambda: torch.tril(torch.ones(5, 5)) > 0]),
     "attention_gqa": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
                       [f32(2, 4, 5, 8), f32(2, 2, 5, 8), f32(2, 2, 5, 8)]),
+    "conv_padding_modes": (lambda s, x: (F.conv2d(x, s.layer.weight, padding="same"),
+                                         F.conv2d(x, s.layer.weight, s.layer.bias,
+                                                  padding="valid"),
+                                         F.conv1d(x[:, :, 0], s.layer.weight[..., 0],
+                                                  padding="same", dilation=2),
+                                         F.conv1d(x[0, :, 0], s.layer.weight[..., 0]),
+                                         F.conv3d(x.unsqueeze(2), s.layer.weight.unsqueeze(2),
+                                                  padding=(0, 1, 1))),
+                           [f32(2, 4, 7, 6)], None, None, torch.nn.Conv2d(4, 6, (3, 2))),
+    "pool_3d": (lambda x: F.max_pool3d(x.unsqueeze(2), (1, 2, 2)), [f32(2, 3, 6, 6)]),
     "embedding": (lambda s, i: s.layer(i), [i64(2, 5, high=10)], None, None,
                   torch.nn.Embedding(10, 6, padding_idx=0)),
     # --- layout
@@ -154,6 +176,15 @@ CASES: dict[str, tuple] = {
                                       x[j], x[:, j[0]], x[j, :, j], x[j, j],
                                       x[:, j[0], 0]),
                      [f32(3, 3, 4), i64(3, 3, 2, high=4), i64(2, 3, high=3)]),
+    "stack_unbind_narrow": (lambda x: (torch.stack([x, x * 2], -1), *x.unbind(-1),
+                                       x.narrow(1, -2, 2), x.narrow(2, -3, 2),
+                                       x.narrow(0, 1, 1), x.tile((2, 1)),
+                                       x.view_as(x.flatten(1)).reshape_as(x),
+                                       x[:, :1].expand_as(x)), [f32(2, 3, 4)]),
+    "diff": (lambda x: (torch.diff(x), torch.diff(x, n=2, dim=1),
+                        torch.diff(x, prepend=x[:, :, :1], append=x[:, :, -1:] * 2),
+                        torch.diff(x > 0, dim=1)),
+             [f32(2, 5, 4)], {0: {1: "seq"}}, [(2, 7, 4)]),
     "triangles": (lambda x: (x.triu(), x.tril(-1), torch.triu(x, 1)), [f32(2, 4, 5)]),
     "creation": (lambda x: (torch.arange(5), torch.arange(1, 9, 3), torch.full((2, 3), 7.0),
                             torch.zeros(2, dtype=torch.int32), torch.ones_like(x),
@@ -169,7 +200,10 @@ CASES: dict[str, tuple] = {
     "dynamic_creation": (lambda x: (torch.arange(x.shape[1]), x + x.shape[1],
                                     torch.ones(x.shape[0], 2), torch.zeros_like(x),
                                     torch.full((x.shape[1],), 2.0), x.new_ones(x.shape[0]),
-                                    torch.arange(x.shape[0], x.shape[0] + 3)),
+                                    torch.arange(x.shape[0], x.shape[0] + 3),
+                                    x.new_full((x.shape[1], 2), 5.0), x.new_zeros(3),
+                                    torch.ones_like(x, dtype=torch.int32),
+                                    torch.zeros(2, x.shape[0], dtype=torch.bool)),
                          [f32(2, 3, 4)], {0: {0: "batch", 1: "seq"}}, [(5, 2, 4)]),
     "dynamic_mask": (lambda x: x.masked_fill(torch.triu(torch.ones(x.shape[1], x.shape[1],
                                                                   dtype=torch.bool), 1),
