@@ -26,13 +26,14 @@ import tvm
 from ...ir import Graph, Node
 from ...ir.registry import CONTRACTION
 from ...runtime import dtypes
+from ...runtime.ffi import ensure_tvm_runtime
 from .lower import lower_node
 from .target import cpu_target
 from .tuning import STRATEGIES, Knobs, Record, TuningDatabase, forcing, workload_key
 
 TUNABLE = frozenset({"conv", "conv_packed", "linear", "linear_packed", "matmul"})
 ROWS = (4, 5, 6)          # rows per register tile tried (6 x 4 vectors fill AVX-512)
-MIN_GAIN = 0.03           # a candidate must beat the heuristics by this share
+MIN_GAIN = 0.05           # a candidate must beat the heuristics by this share
 
 
 @dataclass
@@ -137,7 +138,10 @@ def tune_workload(node: Node, *, rounds: int, budget: float, seed: int = 0) -> T
 def tune_graph(graph: Graph, db: TuningDatabase, *, rounds: int = 5, budget: float = 0.02,
                retune: bool = False, log: Callable[[str], None] | None = None) -> list[Tuned]:
     """Tune every workload of `graph` not yet in `db` (all of them with `retune`),
-    recording each in `db` (the caller saves it)."""
+    recording each in `db` (the caller saves it). Kernels run on the thread pool the
+    runtime sets up (every core, unless TVM_NUM_THREADS says otherwise), as when a
+    compiled model runs."""
+    ensure_tvm_runtime()    # before TVM's pool starts: it reads the thread settings once
     results = []
     for key, node in tunable_workloads(graph).items():
         if key in db.records and not retune:
