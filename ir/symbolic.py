@@ -7,24 +7,40 @@ Symbols are positive integers.
 """
 from __future__ import annotations
 
+import importlib.util
 import keyword
 import math
 import re
+import sys
 from functools import lru_cache
+from types import ModuleType
 from typing import Iterable, Mapping, Union
-
-import sympy
 
 Dim = Union[int, str]
 Shape = tuple[Dim, ...]
 
-_FUNCS = {"floor": sympy.floor, "ceiling": sympy.ceiling, "Max": sympy.Max,
-          "Min": sympy.Min, "Mod": sympy.Mod}
+
+def _lazy_import(name: str) -> ModuleType:
+    """Module `name`, imported on its first attribute access (importlib's LazyLoader):
+    sympy takes ~0.7 s to import, and a graph with static dims never needs it."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None, name
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+sympy = _lazy_import("sympy")
+_FUNC_NAMES = ("floor", "ceiling", "Max", "Min", "Mod")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 SYMBOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")
 
 
-# A dim expression is integers, symbol names, + - * / // ** ( ) and calls of _FUNCS
+# A dim expression is integers, symbol names, + - * / // ** ( ) and calls of _FUNC_NAMES
 # (commas separate their arguments). Anything else (dots, quotes, brackets,
 # comparisons, Python keywords) is refused *before* sympy sees the text, because
 # sympy.parse_expr evaluates it as Python.
@@ -34,8 +50,10 @@ _EXPR_CHARS = re.compile(r"^[A-Za-z0-9_\s+\-*/(),]*$")
 @lru_cache(maxsize=4096, typed=True)
 def to_expr(dim: Dim) -> sympy.Expr:
     """The sympy expression of a dim. Raises ValueError for text that is not one."""
-    if isinstance(dim, (int, sympy.Integer)) and not isinstance(dim, bool):
-        return sympy.Integer(int(dim))
+    if isinstance(dim, int) and not isinstance(dim, bool):
+        return sympy.Integer(dim)
+    if isinstance(dim, sympy.Integer):
+        return dim
     if not isinstance(dim, str):
         raise ValueError(f"not a dim: {dim!r} (expected an int or an expression string)")
     if not _EXPR_CHARS.match(dim):
@@ -45,9 +63,10 @@ def to_expr(dim: Dim) -> sympy.Expr:
     bad = [n for n in idents if keyword.iskeyword(n)]
     if bad:
         raise ValueError(f"not a dim expression: {dim!r} ({bad[0]!r} is a Python keyword)")
-    names = {n: sympy.Symbol(n, integer=True, positive=True) for n in idents if n not in _FUNCS}
+    funcs = {n: getattr(sympy, n) for n in _FUNC_NAMES}
+    names = {n: sympy.Symbol(n, integer=True, positive=True) for n in idents if n not in funcs}
     try:
-        expr = sympy.parse_expr(dim, local_dict={**_FUNCS, **names}, evaluate=True)
+        expr = sympy.parse_expr(dim, local_dict={**funcs, **names}, evaluate=True)
     except Exception as e:  # noqa: BLE001  sympy/tokenize raise many kinds; text is vetted above
         raise ValueError(f"not a dim expression: {dim!r} ({e})") from None
     if not isinstance(expr, sympy.Expr):  # e.g. a bare function name: "floor"

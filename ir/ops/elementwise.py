@@ -7,7 +7,6 @@ import math
 from typing import Callable
 
 import numpy as np
-from scipy import special as _special
 
 from ..dtypes import bool_
 from ..registry import (COMMUTATIVE, COMPARISON, ELEMENTWISE, MAY_RAISE, Attr, OpDef, Operand, register,
@@ -49,10 +48,20 @@ def _as_array(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     return ref
 
 
+def _erf(x: np.ndarray) -> np.ndarray:
+    from scipy import special   # imported on first use: it takes ~0.4 s, and a compile
+    return special.erf(x)       # whose graph is cached never runs a reference
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    from scipy import special
+    return special.expit(x)
+
+
 def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
     if approximate == "tanh":
         return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
-    return 0.5 * x * (1 + _special.erf(x / math.sqrt(2)))
+    return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
 
 
 def _softplus(x: np.ndarray, beta: float, threshold: float) -> np.ndarray:
@@ -72,9 +81,9 @@ _FLOAT_UNARY: dict[str, tuple[Callable[..., np.ndarray], tuple[Attr, ...]]] = {
     "asin": (np.arcsin, ()), "acos": (np.arccos, ()), "atan": (np.arctan, ()),
     "sinh": (np.sinh, ()), "cosh": (np.cosh, ()), "tanh": (np.tanh, ()),
     "asinh": (np.arcsinh, ()), "acosh": (np.arccosh, ()), "atanh": (np.arctanh, ()),
-    "erf": (_special.erf, ()),
-    "sigmoid": (_special.expit, ()),
-    "silu": (lambda x: x * _special.expit(x), ()),
+    "erf": (_erf, ()),
+    "sigmoid": (_expit, ()),
+    "silu": (lambda x: x * _expit(x), ()),
     "gelu": (_gelu, (Attr("approximate", "str", "none", choices=("none", "tanh")),)),
     "softplus": (_softplus, (Attr("beta", "float", 1.0), Attr("threshold", "float", 20.0))),
     "elu": (lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
