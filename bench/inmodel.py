@@ -1,0 +1,94 @@
+"""In-model kernel times, kiln against ONNX Runtime, grouped by the output shape of
+each kernel (for a CNN: by layer), to see which layers lose and by how much.
+
+    python -m bench.inmodel [--models resnet] [--runs 12] [--threads 2]
+
+kiln: the compiled model's steps run in plan order, as a whole run does, each step
+timed (`Executor.step_arguments`), the median over `--runs` runs. ORT: the same model
+exported to ONNX, run `--runs` times with its profiler on, each node's kernel time
+(`*_kernel_time` events) the median over the runs. Both exclude the first two runs.
+Kernels are grouped by their first output's shape: kiln's fused groups and ORT's fused
+nodes then line up by layer, whatever each engine fused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from .models import Case, make_case, onnx_bytes, ort_options
+
+
+def kiln_times(case: Case, runs: int) -> dict[str, float]:
+    """Output shape -> kiln's ms per run."""
+    import kiln
+    compiled = kiln.compile(case.model, case.inputs)
+    executor = compiled._executor            # as bench/kernels.py: steps timed in place
+    steps = executor.step_arguments(executor.prepare(*[t.numpy() for t in case.inputs]))
+    shapes = {v.name: str(list(v.type.shape)) for n in compiled.graph.nodes for v in n.outputs}
+    samples: list[list[float]] = []
+    for _ in range(runs):
+        times = []
+        for step, kernel, args in steps:
+            start = time.perf_counter()
+            kernel(*args)
+            times.append(time.perf_counter() - start)
+        samples.append(times)
+    out: dict[str, float] = defaultdict(float)
+    for i, (step, _, _) in enumerate(steps):
+        out[shapes[step.outputs[0]]] += 1e3 * statistics.median(s[i] for s in samples[2:])
+    return out
+
+
+def ort_times(case: Case, runs: int, threads: int, folder: Path) -> dict[str, float]:
+    """Output shape -> ORT's ms per run, from its profiler's per-node kernel times."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(onnx_bytes(case), ort_options(threads, str(folder / "ort")),
+                                   providers=["CPUExecutionProvider"])
+    feed = {n: t.numpy() for n, t in zip(case.input_names, case.inputs)}
+    for _ in range(runs):
+        session.run(None, feed)
+    trace = Path(session.end_profiling())
+    per_node: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            shapes = event["args"].get("output_type_shape") or [{}]
+            shape = str(next(iter(shapes[0].values()), "?"))
+            per_node[(event["name"], shape)].append(event["dur"] / 1e3)
+    out: dict[str, float] = defaultdict(float)
+    for (_, shape), durations in per_node.items():
+        out[shape] += statistics.median(durations[2:] or durations)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet")
+    parser.add_argument("--runs", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="kiln-inmodel-") as tmp:
+        for name in args.models.split(","):
+            case = make_case(name)
+            kiln_ms = kiln_times(case, args.runs)
+            ort_ms = ort_times(case, args.runs, args.threads, Path(tmp))
+            print(f"\n{case.name}: kernels in one run, kiln {sum(kiln_ms.values()):.2f} ms, "
+                  f"ORT {sum(ort_ms.values()):.2f} ms")
+            print("| output shape | kiln ms | ORT ms | ORT/kiln |")
+            print("|---|---|---|---|")
+            for shape in sorted(set(kiln_ms) | set(ort_ms),
+                                key=lambda s: -max(kiln_ms.get(s, 0), ort_ms.get(s, 0))):
+                k, o = kiln_ms.get(shape, 0.0), ort_ms.get(shape, 0.0)
+                ratio = f"{o / k:.2f}" if k and o else "-"
+                print(f"| {shape} | {k:.2f} | {o:.2f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
