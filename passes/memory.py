@@ -191,11 +191,19 @@ def _elementwise(node: Node) -> bool:
     return ELEMENTWISE in get_op(node.op).traits
 
 
+IN_PLACE_ANCHORS = frozenset({"conv", "conv_packed"})
+
+
 def _epilogue_inputs(node: Node) -> set[int]:
-    """Positions of a fused contraction group's inputs that only its elementwise
-    epilogue reads (a residual): the kernel reads each element of such an input once,
-    at the index it then writes, so the output may take its storage."""
-    if node.body is None or node.attrs.get("kind") != "contraction":
+    """Positions of a fused conv group's inputs that only its elementwise epilogue
+    reads (a residual): the kernel reads each element of such an input once, at the
+    index it then writes, so the output may take its storage. Conv groups only: that
+    takes ResNet-50's peak from 8.0 to 5.6 MB at no cost in speed, while a GEMM whose
+    epilogue overwrites what it reads ran up to 2x slower (Llama's silu(x W1) * up
+    writing over `up`: 1.9 ms against 1.0 ms into a buffer of its own; the whole
+    model 25 ms against 28 ms)."""
+    if node.body is None or node.attrs.get("kind") != "contraction" or \
+            not any(m.op in IN_PLACE_ANCHORS for m in node.body.nodes):
         return set()
     return {i for i, v in enumerate(node.body.inputs)
             if v.users and all(_elementwise(u) for u in v.users)}
@@ -204,7 +212,7 @@ def _epilogue_inputs(node: Node) -> set[int]:
 def inplace_candidates(graph: Graph) -> dict[str, tuple[str, ...]]:
     """Output -> the inputs it may overwrite: the inputs of the same type (no
     broadcasting, same dtype) of a one-output elementwise kernel node, or the
-    residual inputs of a GEMM/conv group's epilogue (`_epilogue_inputs`)."""
+    residual inputs of a conv group's epilogue (`_epilogue_inputs`)."""
     found = {}
     for node in kernel_nodes(graph):
         if len(node.outputs) != 1:
