@@ -7,34 +7,18 @@ Symbols are positive integers.
 """
 from __future__ import annotations
 
-import importlib.util
 import keyword
 import math
 import re
-import sys
 from functools import lru_cache
-from types import ModuleType
 from typing import Iterable, Mapping, Union
+
+from ..lazy_import import lazy_import
 
 Dim = Union[int, str]
 Shape = tuple[Dim, ...]
 
-
-def _lazy_import(name: str) -> ModuleType:
-    """Module `name`, imported on its first attribute access (importlib's LazyLoader):
-    sympy takes ~0.7 s to import, and a graph with static dims never needs it."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.loader is not None, name
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-sympy = _lazy_import("sympy")
+sympy = lazy_import("sympy")   # ~0.7 s to import; static dims never need it
 _FUNC_NAMES = ("floor", "ceiling", "Max", "Min", "Mod")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 SYMBOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")

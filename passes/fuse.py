@@ -26,19 +26,20 @@ is never duplicated: only elementwise values are recomputed where inlined.
 
 Views (reshape, squeeze, unsqueeze), layout ops, gathers and creation ops stay
 ordinary nodes, and so do integer divisions (`MAY_RAISE`: their kernel checks the
-divisor, which must be a kernel input). Imports kiln.ir, networkx and the pass API.
+divisor, which must be a kernel input). Imports kiln.ir, networkx (on first use) and the pass API.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
 
-import networkx as nx
-
 from ..errors import KilnError
 from ..ir import Graph, Node, Value
 from ..ir.registry import CONTRACTION, ELEMENTWISE, HAS_BODY, MAY_RAISE, REDUCTION
+from ..lazy_import import lazy_import
 from .manager import Pass, PassReport, register_pass
+
+nx = lazy_import("networkx")   # ~0.2 s to import; a graph-cache hit never fuses
 
 
 @register_pass
