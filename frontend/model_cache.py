@@ -274,6 +274,7 @@ class GraphCache:
         """The stored graph, or None (absent or unreadable: the caller compiles)."""
         entry = self._entry(digest)
         if not (entry / "graph.kir").is_file():
+            shutil.rmtree(entry, ignore_errors=True)   # a partial entry: let a store replace it
             return None
         try:
             table = json.loads((entry / "weights.json").read_text())

@@ -137,6 +137,9 @@ def test_a_damaged_entry_is_a_miss_and_is_replaced(tmp_path):
     assert _compile(_model(), tmp_path).graph_cache == "hit"
     assert GraphCache(tmp_path / "graphs").load("0" * 64) is None
     assert isinstance(digest, str)
+    (entries[0]).unlink()                        # a partial entry (its graph gone)
+    assert _compile(_model(), tmp_path).graph_cache == "stored"
+    assert _compile(_model(), tmp_path).graph_cache == "hit"
 
 
 def test_stored_weights_are_aligned_and_mapped(tmp_path):
