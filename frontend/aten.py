@@ -9,8 +9,8 @@ Ops that are alike share one handler (`_unary("exp")`, `_binary("add")`).
 This is a mapping, not a second op table: shapes, dtypes and semantics come from
 kiln's registry, and the driver checks every result against the type torch
 recorded. Handlers cast explicitly wherever torch promotes dtypes (kiln never
-does), and raise `Unsupported` for an argument kiln does not implement.
-Imports torch and kiln.ir only.
+does), and raise `Unsupported` for an argument kiln does not implement. The `Emitter` and the
+helpers the handlers share live in `aten_emit.py`. Imports torch and kiln.ir only.
 """
 from __future__ import annotations
 
@@ -19,127 +19,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..ir import Graph, Value, dtype as kiln_dtype, symbolic
+from ..ir import Value, symbolic
 from ..ir.dtypes import DType, bool_
 from ..ir.ops.layout import BIG
 from ..ir.symbolic import Dim
+from .aten_emit import (Emitter, Unsupported, aten, normalize_axis, rank_of, require,
+                        require_strided, to_kiln_dtype)
 
-aten = torch.ops.aten
-_TORCH_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16",
-                 torch.float64: "f64", torch.int8: "i8", torch.uint8: "u8", torch.int16: "i16",
-                 torch.int32: "i32", torch.int64: "i64", torch.bool: "bool"}
-
-
-class Unsupported(Exception):
-    """A known op used with an argument (or dtype) kiln does not implement."""
-
-
-def to_kiln_dtype(dt: torch.dtype) -> DType:
-    if dt not in _TORCH_DTYPES:
-        raise Unsupported(f"dtype {dt}")
-    return kiln_dtype(_TORCH_DTYPES[dt])
-
-
-class Emitter:
-    """What a handler sees of the import: the fx node being converted, its torch
-    output (`meta`), and helpers that turn torch arguments into kiln values and dims."""
-
-    def __init__(self, graph: Graph, node: torch.fx.Node, values: dict, dim_of: Callable,
-                 source: str | None):
-        self.graph, self.node, self.values = graph, node, values
-        self.dim_of, self.source = dim_of, source
-        self.meta = node.meta.get("val")
-
-    # --- the torch output -------------------------------------------------------------
-    @property
-    def out_dtype(self) -> DType:
-        meta = self.meta[0] if isinstance(self.meta, (tuple, list)) else self.meta
-        return to_kiln_dtype(meta.dtype)
-
-    def out_shape(self, meta: Any = None) -> tuple[Dim, ...]:
-        return tuple(self.dim_of(d) for d in (self.meta if meta is None else meta).shape)
-
-    # --- arguments ----------------------------------------------------------------------
-    def dim(self, arg: Any) -> Dim:
-        """An int or SymInt argument (a literal or a sym node) as a kiln dim."""
-        if isinstance(arg, torch.fx.Node):
-            arg = arg.meta["val"]
-        return self.dim_of(arg)
-
-    def number(self, arg: Any) -> float | int | bool:
-        """A scalar argument that must be known when importing."""
-        if isinstance(arg, torch.fx.Node):
-            arg = arg.meta["val"]
-        if isinstance(arg, (torch.SymInt, torch.SymFloat, torch.SymBool)):
-            value = arg.node.maybe_as_int() if isinstance(arg, torch.SymInt) else None
-            if value is None:
-                raise Unsupported(f"symbolic scalar {arg}")
-            return value
-        return arg
-
-    def value(self, arg: Any, dtype: DType | None = None) -> Value:
-        """A tensor argument as a kiln value (cast to `dtype` if given); a scalar argument
-        as a 0-d `full` (a symbolic int as a 0-d `arange`) of `dtype`."""
-        if isinstance(arg, torch.fx.Node) and isinstance(arg.meta.get("val"), torch.Tensor):
-            v = self.values[arg]
-            return v if dtype is None else self.cast(v, dtype)
-        if dtype is None:
-            raise Unsupported(f"scalar {arg!r} where a tensor is expected")
-        if isinstance(arg, torch.fx.Node) and isinstance(arg.meta.get("val"), torch.SymInt):
-            d = self.dim(arg)
-            if not isinstance(d, int):  # a runtime tensor holding a symbolic size
-                r = self.emit("arange", [], name=self.aux("arange"), start=d,
-                              end=symbolic.add(d, 1), dtype=dtype)
-                return self.emit("reshape", [r], name=self.aux("reshape"), shape=())
-        return self.scalar(self.number(arg), dtype)
-
-    def scalar(self, number: float | int | bool, dtype: DType) -> Value:
-        value = float(number)
-        if dtype.is_integer and value != number:
-            raise Unsupported(f"integer {number} is not exact as a float attribute")
-        return self.emit("full", [], name=self.aux("full"), shape=(), value=value, dtype=dtype)
-
-    def cast(self, v: Value, dtype: DType, name: str | None = None) -> Value:
-        if v.type.dtype == dtype:
-            return v
-        return self.emit("cast", [v], name=name or self.aux("cast"), dtype=dtype)
-
-    def result_dtype(self, a: Any, b: Any) -> DType:
-        """torch's type promotion of two tensor or scalar arguments (`torch.result_type`)."""
-        def standin(x: Any) -> Any:   # a tensor of the same dtype and "dimensionality"
-            x = x.meta["val"] if isinstance(x, torch.fx.Node) else x
-            if isinstance(x, torch.Tensor):
-                return torch.empty((1,) * min(x.dim(), 1), dtype=x.dtype)
-            return {torch.SymInt: 1, torch.SymFloat: 1.0, torch.SymBool: True}.get(type(x), x)
-        return to_kiln_dtype(torch.result_type(standin(a), standin(b)))
-
-    # --- emitting -----------------------------------------------------------------------
-    def aux(self, op: str) -> str:
-        """The name of a helper node: `<fx name>_<op>`."""
-        return f"{self.node.name}_{op}"
-
-    def emit(self, op: str, inputs: Sequence[Value], name: str | None = None, **attrs: Any
-             ) -> Value | tuple[Value, ...]:
-        node = self.graph.add_node(op, inputs, attrs, name=name or self.node.name,
-                                   source=self.source)
-        return node.outputs[0] if len(node.outputs) == 1 else node.outputs
-
-
-def require(condition: bool, reason: str) -> None:
-    if not condition:
-        raise Unsupported(reason)
-
-
-def _axis(dim: int, rank: int) -> int:
-    return dim % rank if rank else 0
-
-
-def _rank(arg: Any) -> int:
-    return arg.meta["val"].dim()
-
-
-def _strided(kw: dict) -> None:
-    require(kw.get("layout") in (None, torch.strided), f"layout={kw.get('layout')}")
+__all__ = ["CONVERTERS", "SKIPPED", "Emitter", "Unsupported", "to_kiln_dtype"]
 
 
 # --- elementwise ---------------------------------------------------------------------------
@@ -222,12 +109,12 @@ def _elu(cx: Emitter, x, alpha=1.0, scale=1.0, input_scale=1.0):
 def _to_copy(cx: Emitter, x, *_, **kw):
     """_to_copy, to (every overload) and type_as: a cast to the output dtype (kiln's
     tensors have one device and no memory format)."""
-    _strided(kw)
+    require_strided(kw)
     return cx.cast(cx.value(x), cx.out_dtype, name=cx.node.name)
 
 
 def _identity(cx: Emitter, x, *_, **kw):
-    _strided(kw)
+    require_strided(kw)
     return cx.value(x)
 
 
@@ -247,7 +134,7 @@ def _relu6(cx: Emitter, x):
 
 # --- creation ------------------------------------------------------------------------------
 def _full(cx: Emitter, size, fill_value, *_, **kw):
-    _strided(kw)
+    require_strided(kw)
     return cx.emit("full", [], shape=cx.out_shape(), value=float(cx.number(fill_value)),
                    dtype=cx.out_dtype)
 
@@ -256,7 +143,7 @@ def _filled(value: float) -> Callable:
     """A tensor of the output's shape and dtype holding `value` (zeros, ones_like,
     new_ones, ...; torch leaves an empty tensor's values undefined, kiln fills it with 0)."""
     def convert(cx: Emitter, *_, **kw):
-        _strided(kw)
+        require_strided(kw)
         return cx.emit("full", [], shape=cx.out_shape(), value=value, dtype=cx.out_dtype)
     return convert
 
@@ -270,7 +157,7 @@ def _scalar_tensor(cx: Emitter, s, **kw):
 
 
 def _arange(cx: Emitter, start, end=None, step=1, **kw):
-    _strided(kw)
+    require_strided(kw)
     if end is None:   # arange(end)
         start, end = 0, start
     values = [cx.number(a) if not isinstance(a, torch.fx.Node) else None for a in
@@ -436,7 +323,7 @@ def _spatial(values: Sequence[int], n: int, what: str) -> tuple[int, ...]:
 def _convolution(cx: Emitter, x, weight, bias, stride, padding, dilation, transposed,
                  output_padding, groups):
     require(not transposed, "transposed convolution")
-    n = _rank(x) - 2
+    n = rank_of(x) - 2
     pads = _spatial(padding, n, "padding")
     return _conv_node(cx, cx.value(x), weight, bias, _spatial(stride, n, "stride"), pads + pads,
                       _spatial(dilation, n, "dilation"), groups)
@@ -451,7 +338,7 @@ def _conv_node(cx: Emitter, x: Value, weight, bias, strides, pads, dilations, gr
 def _conv(cx: Emitter, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """conv1d/conv2d/conv3d: an input without a batch axis gets one; `padding` is a
     list, or "valid" or "same" (torch puts the odd one of a "same" pad at the end)."""
-    n = _rank(weight) - 2
+    n = rank_of(weight) - 2
     v = cx.value(x)
     batched = v.type.rank == n + 2
     if not batched:
@@ -472,7 +359,7 @@ def _conv(cx: Emitter, x, weight, bias=None, stride=1, padding=0, dilation=1, gr
 
 
 def _max_pool(cx: Emitter, x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
-    n = _rank(x) - 2
+    n = rank_of(x) - 2
     kernel = _spatial(kernel_size, n, "kernel_size")
     pads = _spatial(padding, n, "padding")
     out = cx.emit("max_pool", [cx.value(x)], kernel=kernel,
@@ -484,7 +371,7 @@ def _max_pool(cx: Emitter, x, kernel_size, stride=(), padding=0, dilation=1, cei
 def _avg_pool(cx: Emitter, x, kernel_size, stride=(), padding=0, ceil_mode=False,
               count_include_pad=True, divisor_override=None):
     require(divisor_override is None, f"divisor_override={divisor_override}")
-    n = _rank(x) - 2
+    n = rank_of(x) - 2
     kernel = _spatial(kernel_size, n, "kernel_size")
     pads = _spatial(padding, n, "padding")
     return cx.emit("avg_pool", [cx.value(x)], kernel=kernel,
@@ -544,35 +431,35 @@ def _narrow(cx: Emitter, x, dim, start, length):
     end = symbolic.add(first, size)
     if isinstance(first, int) and first < 0 and end == 0:   # up to the end
         end = BIG
-    return cx.emit("slice", [cx.value(x)], axis=_axis(dim, _rank(x)), start=first, end=end)
+    return cx.emit("slice", [cx.value(x)], axis=normalize_axis(dim, rank_of(x)), start=first, end=end)
 
 
 def _permute(cx: Emitter, x, dims):
-    rank = _rank(x)
-    perm = tuple(_axis(d, rank) for d in dims)
+    rank = rank_of(x)
+    perm = tuple(normalize_axis(d, rank) for d in dims)
     return cx.value(x) if perm == tuple(range(rank)) else \
         cx.emit("transpose", [cx.value(x)], perm=perm)
 
 
 def _transpose(cx: Emitter, x, dim0, dim1):
-    perm = list(range(_rank(x)))
-    a, b = _axis(dim0, len(perm)), _axis(dim1, len(perm))
+    perm = list(range(rank_of(x)))
+    a, b = normalize_axis(dim0, len(perm)), normalize_axis(dim1, len(perm))
     perm[a], perm[b] = perm[b], perm[a]
     return _permute(cx, x, perm)
 
 
 def _t(cx: Emitter, x):
-    return _permute(cx, x, list(reversed(range(_rank(x)))))
+    return _permute(cx, x, list(reversed(range(rank_of(x)))))
 
 
 def _unsqueeze(cx: Emitter, x, dim):
-    return cx.emit("unsqueeze", [cx.value(x)], axes=(_axis(dim, _rank(x) + 1),))
+    return cx.emit("unsqueeze", [cx.value(x)], axes=(normalize_axis(dim, rank_of(x) + 1),))
 
 
 def _squeeze(cx: Emitter, x, dim=None):
     v = cx.value(x)
     rank = v.type.rank
-    dims = range(rank) if dim is None else [_axis(d, rank) for d in _dims(dim)]
+    dims = range(rank) if dim is None else [normalize_axis(d, rank) for d in _dims(dim)]
     axes = tuple(d for d in dims if v.type.shape[d] == 1)  # torch skips dims that are not 1
     return cx.emit("squeeze", [v], axes=axes) if axes else v
 
@@ -582,7 +469,7 @@ def _slice(cx: Emitter, x, dim=0, start=None, end=None, step=1):
     start = 0 if start is None else cx.dim(start)
     end = BIG if end is None else cx.dim(end)
     end = BIG if isinstance(end, int) and end >= BIG else end
-    axis = _axis(dim, v.type.rank)
+    axis = normalize_axis(dim, v.type.rank)
     if start == 0 and step == 1 and (end == BIG or cx.out_shape()[axis] == v.type.shape[axis]):
         return v   # the whole axis (torch clamps an end past it)
     return cx.emit("slice", [v], axis=axis, start=start, end=end, step=step)
@@ -590,7 +477,7 @@ def _slice(cx: Emitter, x, dim=0, start=None, end=None, step=1):
 
 def _select(cx: Emitter, x, dim, index):
     v = cx.value(x)
-    axis, start = _axis(dim, v.type.rank), cx.dim(index)
+    axis, start = normalize_axis(dim, v.type.rank), cx.dim(index)
     end = BIG if start == -1 else symbolic.add(start, 1)
     s = cx.emit("slice", [v], name=cx.aux("slice"), axis=axis, start=start, end=end)
     return cx.emit("squeeze", [s], axes=(axis,))
@@ -599,12 +486,12 @@ def _select(cx: Emitter, x, dim, index):
 def _cat(cx: Emitter, tensors, dim=0):
     dtype = cx.out_dtype
     values = [cx.value(t, dtype) for t in tensors]
-    return cx.emit("concat", values, axis=_axis(dim, values[0].type.rank))
+    return cx.emit("concat", values, axis=normalize_axis(dim, values[0].type.rank))
 
 
 def _split(cx: Emitter, x, split_sizes, dim=0):
     v = cx.value(x)
-    axis = _axis(dim, v.type.rank)
+    axis = normalize_axis(dim, v.type.rank)
     sizes = [cx.dim_of(t.shape[axis]) for t in cx.meta]
     if all(isinstance(s, int) for s in sizes):
         outs = cx.emit("split", [v], axis=axis, sizes=sizes)
@@ -620,7 +507,7 @@ def _split(cx: Emitter, x, split_sizes, dim=0):
 
 def _unbind(cx: Emitter, x, dim=0):
     v = cx.value(x)
-    axis = _axis(dim, v.type.rank)
+    axis = normalize_axis(dim, v.type.rank)
     pieces = cx.emit("split", [v], name=cx.aux("split"), axis=axis, sizes=[1] * len(cx.meta)) \
         if len(cx.meta) > 1 else (v,)
     return tuple(cx.emit("squeeze", [p], name=f"{cx.node.name}_{i}", axes=(axis,))
@@ -629,7 +516,7 @@ def _unbind(cx: Emitter, x, dim=0):
 
 def _stack(cx: Emitter, tensors, dim=0):
     dtype = cx.out_dtype
-    axis = _axis(dim, _rank(tensors[0]) + 1)
+    axis = normalize_axis(dim, rank_of(tensors[0]) + 1)
     values = [cx.emit("unsqueeze", [cx.value(t, dtype)], name=cx.aux(f"unsqueeze_{i}"),
                       axes=(axis,)) for i, t in enumerate(tensors)]
     return cx.emit("concat", values, axis=axis)
@@ -638,7 +525,7 @@ def _stack(cx: Emitter, tensors, dim=0):
 def _diff(cx: Emitter, x, n=1, dim=-1, prepend=None, append=None):
     """n times x[1:] - x[:-1] along dim (logical xor for bools), after putting
     `prepend` before and `append` after x along dim."""
-    axis = _axis(dim, _rank(x))
+    axis = normalize_axis(dim, rank_of(x))
     v = cx.value(x)
     parts = [cx.value(t, v.type.dtype) for t in (prepend, x, append) if t is not None]
     if len(parts) > 1:
@@ -664,12 +551,12 @@ def _constant_pad(cx: Emitter, x, pad, value=0):
 
 
 def _flip(cx: Emitter, x, dims):
-    return cx.emit("flip", [cx.value(x)], axes=tuple(_axis(d, _rank(x)) for d in dims))
+    return cx.emit("flip", [cx.value(x)], axes=tuple(normalize_axis(d, rank_of(x)) for d in dims))
 
 
 def _tile(cx: Emitter, x, dims):
     """tile: repeat, with ones before `dims` when x has more axes."""
-    return _repeat(cx, x, [1] * (_rank(x) - len(dims)) + list(dims))
+    return _repeat(cx, x, [1] * (rank_of(x) - len(dims)) + list(dims))
 
 
 def _repeat(cx: Emitter, x, repeats):
@@ -681,11 +568,11 @@ def _repeat(cx: Emitter, x, repeats):
 
 
 def _gather(cx: Emitter, x, dim, index, sparse_grad=False):
-    return cx.emit("gather_elements", [cx.value(x), cx.value(index)], axis=_axis(dim, _rank(x)))
+    return cx.emit("gather_elements", [cx.value(x), cx.value(index)], axis=normalize_axis(dim, rank_of(x)))
 
 
 def _index_select(cx: Emitter, x, dim, index):
-    return cx.emit("gather", [cx.value(x), cx.value(index)], axis=_axis(dim, _rank(x)))
+    return cx.emit("gather", [cx.value(x), cx.value(index)], axis=normalize_axis(dim, rank_of(x)))
 
 
 def _index(cx: Emitter, x, indices):
