@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -174,9 +175,11 @@ def _graph_cache(model: Any, example_inputs: Any, dynamic_dims: Any, manager: Pa
     """(the graph cache, the model's fingerprint) for an nn.Module compiled with the
     kernel cache on and no IR dumps; (None, None) otherwise, with the reason in
     `report.graph_cache`."""
-    if kernel_cache is None or dump_ir is not None or not _is_torch_module(model):
-        report.graph_cache = "off" if kernel_cache is None or not _is_torch_module(model) \
-            else "off (IR dumps asked for)"
+    torch = _loaded_torch()
+    if kernel_cache is None or torch is None or not isinstance(model, torch.nn.Module):
+        return None, None                      # report.graph_cache stays "off"
+    if dump_ir is not None:
+        report.graph_cache = "off (IR dumps asked for)"
         return None, None
     from .frontend.model_cache import GraphCache, Unfingerprintable, fingerprint
     digest = fingerprint(model, example_inputs, dynamic_dims,
@@ -187,10 +190,10 @@ def _graph_cache(model: Any, example_inputs: Any, dynamic_dims: Any, manager: Pa
     return GraphCache(kernel_cache.root / "graphs"), digest
 
 
-def _is_torch_module(model: Any) -> bool:
-    import sys
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(model, torch.nn.Module)
+def _loaded_torch() -> Any:
+    """The torch module if the process imported it (a model can be a torch object only
+    then), else None: asking never imports torch."""
+    return sys.modules.get("torch")
 
 
 def to_graph(model: Any, example_inputs: Any, dynamic_dims: Any) -> Graph:
@@ -228,11 +231,9 @@ def _import_onnx(model: Any, dynamic_dims: Any) -> Graph:
 
 
 def _is_torch_model(model: Any) -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return isinstance(model, (torch.nn.Module, torch.export.ExportedProgram))
+    torch = _loaded_torch()
+    return torch is not None and isinstance(model, (torch.nn.Module,
+                                                    torch.export.ExportedProgram))
 
 
 def copy_graph(graph: Graph) -> Graph:
