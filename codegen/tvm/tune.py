@@ -41,13 +41,19 @@ class Tuned:
     """What tuning one workload found."""
     key: str
     flops: float
-    measured: dict[str, float]      # str(knobs) -> GFLOP/s
+    seconds: dict[str, float]       # str(knobs) -> best seconds per call
     chosen: Knobs
+
+    @property
+    def measured(self) -> dict[str, float]:
+        """GFLOP/s per candidate, to three significant digits (what the database keeps;
+        a tiny workload's figure stays above zero)."""
+        return {name: float(f"{self.flops / s / 1e9:.3g}") for name, s in self.seconds.items()}
 
     @property
     def gain(self) -> float:
         """The chosen knobs' speed over the heuristics'."""
-        return self.measured[str(self.chosen)] / self.measured[str(Knobs())]
+        return self.seconds[str(Knobs())] / self.seconds[str(self.chosen)]
 
 
 def tunable_workloads(graph: Graph) -> dict[str, Node]:
@@ -126,13 +132,11 @@ def tune_workload(node: Node, *, rounds: int, budget: float, seed: int = 0) -> T
     knobs = {str(k): k for k in candidates(node)}
     runners = {name: _runner(node, k, rng) for name, k in knobs.items()}
     seconds = measure(runners, rounds, budget)
-    work = flops(node)
-    measured = {name: round(work / s / 1e9, 1) for name, s in seconds.items()}
     fastest = min(seconds, key=seconds.__getitem__)
     heuristics = str(Knobs())
     chosen = knobs[fastest] if seconds[fastest] < (1 - MIN_GAIN) * seconds[heuristics] \
         else Knobs()
-    return Tuned(workload_key(node), work, measured, chosen)
+    return Tuned(workload_key(node), flops(node), seconds, chosen)
 
 
 def tune_graph(graph: Graph, db: TuningDatabase, *, rounds: int = 5, budget: float = 0.02,
@@ -150,6 +154,6 @@ def tune_graph(graph: Graph, db: TuningDatabase, *, rounds: int = 5, budget: flo
         db.records[key] = Record(tuned.chosen, tuned.measured)
         results.append(tuned)
         if log:
-            log(f"{tuned.gain:5.2f}x  {tuned.chosen}  ({tuned.measured[str(Knobs())]:.0f} -> "
-                f"{tuned.measured[str(tuned.chosen)]:.0f} GFLOP/s)  {key}")
+            log(f"{tuned.gain:5.2f}x  {tuned.chosen}  ({tuned.measured[str(Knobs())]:.3g} -> "
+                f"{tuned.measured[str(tuned.chosen)]:.3g} GFLOP/s)  {key}")
     return results

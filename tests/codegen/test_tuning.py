@@ -21,7 +21,7 @@ import pytest
 
 from kiln.codegen.tvm import lower_node, tuning
 from kiln.codegen.tvm.cache import kernel_key
-from kiln.codegen.tvm.tune import candidates, tune_graph, tunable_workloads
+from kiln.codegen.tvm.tune import Tuned, candidates, tune_graph, tunable_workloads
 from kiln.codegen.tvm.tuning import Knobs, Record, TuningDatabase, forcing, workload_key
 from kiln.errors import CodegenError
 from kiln.ir import GraphBuilder, interpret, tensor
@@ -135,6 +135,15 @@ def test_tune_graph_measures_every_candidate(empty_db):
     assert tuned.chosen in candidates(node) and tuned.gain >= 1.0
     assert db.records[workload_key(node)].knobs == tuned.chosen and len(lines) == 1
     assert tune_graph(graph, db, rounds=1, budget=0.001) == []   # already tuned: skipped
+
+
+def test_tuned_figures_of_a_slow_call_stay_positive():
+    # CI once timed a 0.15 MFLOP conv at >3 ms per call (a busy machine): rounded to
+    # 0.1 GFLOP/s its figure was 0.0 and the gain divided by zero
+    tuned = Tuned("k", flops=147456.0, chosen=Knobs("columns", 6),
+                  seconds={str(Knobs()): 4e-3, str(Knobs("columns", 6)): 2e-3})
+    assert tuned.gain == pytest.approx(2.0)
+    assert tuned.measured == {str(Knobs()): 0.0369, str(Knobs("columns", 6)): 0.0737}
 
 
 def test_kiln_tune_writes_the_database(tmp_path):
