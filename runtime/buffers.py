@@ -20,9 +20,15 @@ def is_aligned(array: np.ndarray) -> bool:
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialised C-contiguous array of `shape` whose data is 64-byte aligned."""
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    return aligned_view(np.empty(size + ALIGNMENT, np.uint8), shape, dtype)
+
+
+def aligned_view(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The 64-byte aligned array of `shape` and `dtype` inside `raw`, a byte buffer at
+    least ALIGNMENT bytes larger (the `.base` of an `aligned_empty` array: reusing it)."""
     dtype = np.dtype(dtype)
     size = math.prod(shape) * dtype.itemsize
-    raw = np.empty(size + ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
     return raw[start:start + size].view(dtype).reshape(shape)
 

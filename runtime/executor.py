@@ -14,10 +14,13 @@ A call goes  prepare -> run:
   64-byte aligned, which TVM's kernels require.
 - `run` looks up the memory for this binding of the symbols — the plan's slots,
   allocated on the first call at that binding and cached (LRU, `max_cached_bindings`)
-  together with their tensor wrappers and the views of slots and constants —
-  allocates fresh aligned arrays for the values the graph returns, makes the views of
-  inputs and of those arrays, and calls each step's kernel with its inputs then its
-  outputs. An in-place step simply gets the same slot for an input and its output.
+  together with their tensor wrappers, the views of slots and constants, and each
+  step's argument list with the places that change per call — takes aligned arrays
+  for the values the graph returns (the last call's, when the caller kept no
+  reference to them; else fresh), makes the views of inputs and of those arrays,
+  fills them into the argument lists and calls each step's kernel with its inputs
+  then its outputs. An in-place step simply gets the same slot for an input and its
+  output.
 
 A view (`Plan.aliases`) is its root's array reshaped: no kernel, no copy. Constants
 are taken from `weights` once, as 64-byte aligned arrays (copied only if they are
@@ -29,9 +32,10 @@ source) and `ArtifactError` (a plan or library that cannot run).
 """
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,10 +43,15 @@ import numpy as np
 
 from ..errors import ArtifactError, DimExpressionError, KernelError, RuntimeInputError
 from . import dims, dtypes, ffi
-from .buffers import ALIGNMENT, aligned_copy, aligned_empty, ensure_aligned, is_aligned
+from .buffers import (ALIGNMENT, aligned_copy, aligned_empty, aligned_view, ensure_aligned,
+                      is_aligned)
 from .plan import Plan, Port, Signature, Step
 
 DEFAULT_MAX_CACHED_BINDINGS = 8
+# References to a returned array's storage when no array uses it any more: the
+# binding's dict, the local name and getrefcount's argument. Every array sharing the
+# memory (the result, any view of it, a torch.from_numpy of it) holds one more.
+UNSHARED_REFERENCES = 3
 
 
 @dataclass
@@ -62,6 +71,10 @@ class _Memory:
     outputs: list[tuple[str, tuple[int, ...], np.dtype]]  # returned step outputs to allocate
     views: list[tuple[str, str, tuple[int, ...]]]  # per call: (view, its root, its shape)
     shapes: dict[str, tuple[int, ...]]             # storage shape of every view
+    step_args: list[list[Any]]     # per step: its arguments, None where they change per call
+    step_fills: list[list[tuple[int, int]]]  # per step: (argument, index into a call's
+    #   per-call tensors: the inputs, then the returned outputs, then the views above)
+    returned_storage: dict[str, np.ndarray] = field(default_factory=dict)  # last call's
 
 
 class Executor:
@@ -132,10 +145,12 @@ class Executor:
     def run(self, prepared: Prepared) -> list[np.ndarray]:
         """Run the steps on prepared inputs; return the graph outputs as NumPy arrays."""
         with self._lock:
-            env, made, memory = self._environment(prepared)
-            for i, step, kernel in self._steps:
+            memory = self._memory(prepared.bindings)
+            made = self._returned_arrays(memory)
+            for (i, step, kernel), args in zip(self._steps, self._arguments(prepared, memory,
+                                                                            made)):
                 try:
-                    kernel(*[env[v] for v in step.args])
+                    kernel(*args)
                 except Exception as e:  # noqa: BLE001  kernels raise TypeError, ValueError, ...
                     where = f"\n  compiled from: {step.source}" if step.source else ""
                     raise KernelError(f"kernel {step.kernel!r} (step {i} of plan "
@@ -148,25 +163,41 @@ class Executor:
         (bench/kernels.py). The buffers stay valid until a call with other symbol
         bindings; calling kernels on them while the executor runs is the caller's race."""
         with self._lock:
-            env, _, _ = self._environment(prepared)
-        return [(step, kernel, [env[v] for v in step.args]) for _, step, kernel in self._steps]
+            memory = self._memory(prepared.bindings)
+            arguments = self._arguments(prepared, memory, self._returned_arrays(memory))
+        return [(step, kernel, args) for (_, step, kernel), args in zip(self._steps, arguments)]
 
-    def _environment(self, prepared: Prepared
-                     ) -> tuple[dict[str, Any], dict[str, np.ndarray], _Memory]:
-        """Value name -> tensor for one run (constants, slots, inputs, fresh returned
-        arrays and the views of them), the fresh arrays, and the binding's memory."""
-        memory = self._memory(prepared.bindings)
-        env = dict(self._constant_tensors)
-        env.update(memory.tensors)
-        env.update(zip(self.plan.input_names, prepared.tensors))
+    def _returned_arrays(self, memory: _Memory) -> dict[str, np.ndarray]:
+        """An array for each step output the graph returns: the previous call's storage
+        when nothing references it any more (the caller dropped that result and every
+        view of it), else fresh memory. Reuse spares the page faults and cache misses
+        of new memory on every call, as an arena allocator would."""
         made: dict[str, np.ndarray] = {}
         for name, shape, dtype in memory.outputs:
-            made[name] = aligned_empty(shape, dtype)
-            env[name] = ffi.to_tensor(made[name])
-        for view, root, shape in memory.views:
-            env[view] = ffi.to_tensor(_reshaped(self._array(root, prepared, made), shape,
-                                                view, root))
-        return env, made, memory
+            storage = memory.returned_storage.get(name)
+            if storage is None or sys.getrefcount(storage) > UNSHARED_REFERENCES:
+                made[name] = aligned_empty(shape, dtype)
+                memory.returned_storage[name] = made[name].base
+            else:
+                made[name] = aligned_view(storage, shape, dtype)
+        return made
+
+    def _arguments(self, prepared: Prepared, memory: _Memory, made: dict[str, np.ndarray]
+                   ) -> list[list[Any]]:
+        """Each step's argument tensors for one call: the binding's fixed tensors
+        (constants, slots, views of them) with this call's inputs, returned arrays and
+        views of those filled in."""
+        per_call = list(prepared.tensors)
+        per_call += [ffi.to_tensor(made[name]) for name, _, _ in memory.outputs]
+        per_call += [ffi.to_tensor(_reshaped(self._array(root, prepared, made), shape, view,
+                                             root)) for view, root, shape in memory.views]
+        arguments = []
+        for fixed, fills in zip(memory.step_args, memory.step_fills):
+            args = list(fixed)
+            for position, index in fills:
+                args[position] = per_call[index]
+            arguments.append(args)
+        return arguments
 
     def _array(self, name: str, prepared: Prepared, made: dict[str, np.ndarray]) -> np.ndarray:
         """The array of a graph input, a constant or a returned step output."""
@@ -333,7 +364,14 @@ class Executor:
                 views.append((view, root, shapes[view]))
         outputs = [(n, shapes[n], dtypes.numpy_dtype(self.plan.values[n].dtype))
                    for n in self._returned]
-        memory = _Memory(slots, tensors, outputs, views, {v: shapes[v] for v in self._roots})
+        per_call = [*self.plan.input_names, *(n for n, _, _ in outputs), *(v for v, _, _ in views)]
+        index = {name: i for i, name in enumerate(per_call)}
+        fixed = {**self._constant_tensors, **tensors}
+        step_args = [[fixed.get(v) for v in step.args] for _, step, _ in self._steps]
+        step_fills = [[(p, index[v]) for p, v in enumerate(step.args) if v not in fixed]
+                      for _, step, _ in self._steps]
+        memory = _Memory(slots, tensors, outputs, views, {v: shapes[v] for v in self._roots},
+                         step_args, step_fills)
         self._cache[key] = memory
         while len(self._cache) > self.max_cached_bindings:
             self._cache.popitem(last=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import weakref
 
 import ml_dtypes
 import numpy as np
@@ -82,6 +83,43 @@ def test_outputs_are_aligned_and_independent_of_the_inputs(ex):
     assert all(is_aligned(o) for o in outs[:2])
     x[:] = 1000
     assert_outputs(outs, chain_reference(*inputs(4)))
+
+
+def _data(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
+
+
+def test_a_dropped_result_s_memory_is_reused_a_kept_one_never(kernels_so):
+    ex = Executor(chain_plan(), kernels_so, WEIGHTS)
+    x, y = inputs(3)
+    first = ex(x, y)[0]
+    storage = weakref.ref(first.base)          # (a weak reference: it must not hold it)
+    del first
+    second = ex(x, y)[0]                       # nothing holds first's memory: reused
+    assert storage() is not None and second.base is storage()
+    kept = second.copy()
+    third = ex(*inputs(3, seed=2))[0]          # `second` is held: fresh memory
+    assert not np.shares_memory(second, third)
+    np.testing.assert_array_equal(second, kept)
+    assert_outputs([second], chain_reference(x, y)[:1])
+
+
+@pytest.mark.parametrize("hold", [lambda a: a[1:], lambda a: a.reshape(-1),
+                                  lambda a: torch.from_numpy(a), lambda a: memoryview(a)],
+                         ids=["slice", "reshape", "torch", "memoryview"])
+def test_memory_a_view_still_reads_is_not_reused(kernels_so, hold):
+    ex = Executor(chain_plan(), kernels_so, WEIGHTS)
+    x, y = inputs(3)
+    result = ex(x, y)[0]
+    address = _data(result)
+    view = hold(result)
+    expected = np.array(view, copy=True)
+    del result
+    x2, y2 = inputs(3, seed=1)
+    again = ex(x2, y2)[0]
+    assert _data(again) != address
+    np.testing.assert_array_equal(np.asarray(view), expected)
+    assert_outputs([again], chain_reference(x2, y2)[:1])
 
 
 # --- zero copy --------------------------------------------------------------------------
