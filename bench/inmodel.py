@@ -1,14 +1,15 @@
 """In-model kernel times, kiln against ONNX Runtime, grouped by the output shape of
 each kernel (for a CNN: by layer), to see which layers lose and by how much.
 
-    python -m bench.inmodel [--models resnet] [--runs 12] [--threads 2]
+    python -m bench.inmodel [--models resnet] [--runs 12] [--threads 2] [--passes SPEC]
 
 kiln: the compiled model's steps run in plan order, as a whole run does, each step
 timed (`Executor.step_arguments`), the median over `--runs` runs. ORT: the same model
 exported to ONNX, run `--runs` times with its profiler on, each node's kernel time
 (`*_kernel_time` events) the median over the runs. Both exclude the first two runs.
 Kernels are grouped by their first output's shape: kiln's fused groups and ORT's fused
-nodes then line up by layer, whatever each engine fused.
+nodes then line up by layer, whatever each engine fused (kiln's blocked activations
+count under their logical NCHW shape, its layout changes as one row).
 """
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ import torch
 from .models import Case, make_case, onnx_bytes, ort_options
 
 
-def kiln_times(case: Case, runs: int) -> dict[str, float]:
+def kiln_times(case: Case, runs: int, passes: str | None = None) -> dict[str, float]:
     """Output shape -> kiln's ms per run."""
     import kiln
-    compiled = kiln.compile(case.model, case.inputs)
+    compiled = kiln.compile(case.model, case.inputs, passes=passes)
     executor = compiled._executor            # as bench/kernels.py: steps timed in place
     steps = executor.step_arguments(executor.prepare(*[t.numpy() for t in case.inputs]))
-    shapes = {v.name: str(list(v.type.shape)) for n in compiled.graph.nodes for v in n.outputs}
+    shapes = {v.name: layer_key(n, v.type.shape) for n in compiled.graph.nodes
+              for v in n.outputs}
     samples: list[list[float]] = []
     for _ in range(runs):
         times = []
@@ -44,6 +46,19 @@ def kiln_times(case: Case, runs: int) -> dict[str, float]:
     for i, (step, _, _) in enumerate(steps):
         out[shapes[step.outputs[0]]] += 1e3 * statistics.median(s[i] for s in samples[2:])
     return out
+
+
+def layer_key(node, shape: tuple) -> str:
+    """The row a kiln kernel's time goes to: its output shape, a blocked activation
+    [N, C/b, H, W, b] (passes/layout.py) as its logical [N, C, H, W] so that it lines up
+    with ORT's NCHWc nodes; a layout change (a transpose) is a row of its own."""
+    ops = [m.op for m in node.body.nodes] if node.body is not None else [node.op]
+    if "transpose" in ops and not any(op.startswith("conv") for op in ops):
+        return "layout changes"
+    if len(shape) == 5 and any(op == "conv_nchwc" for op in ops):
+        n, blocks, h, w, b = shape
+        shape = (n, blocks * b, h, w)
+    return str(list(shape))
 
 
 def ort_times(case: Case, runs: int, threads: int, folder: Path) -> dict[str, float]:
@@ -72,12 +87,13 @@ def main() -> None:
     parser.add_argument("--models", default="resnet")
     parser.add_argument("--runs", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--passes", default=None, help="kiln's pipeline (default: its own)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="kiln-inmodel-") as tmp:
         for name in args.models.split(","):
             case = make_case(name)
-            kiln_ms = kiln_times(case, args.runs)
+            kiln_ms = kiln_times(case, args.runs, args.passes)
             ort_ms = ort_times(case, args.runs, args.threads, Path(tmp))
             print(f"\n{case.name}: kernels in one run, kiln {sum(kiln_ms.values()):.2f} ms, "
                   f"ORT {sum(ort_ms.values()):.2f} ms")

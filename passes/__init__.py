@@ -4,7 +4,8 @@
 PassManager, DEFAULT_PIPELINE); each module below registers its passes when imported,
 so importing `kiln.passes` completes the registry.
 """
-from . import batchnorm, canonicalize, cse, dce, fold, fuse, memory, pack, simplify  # noqa: F401
+from . import (batchnorm, canonicalize, cse, dce, fold, fuse, layout, memory, pack,  # noqa: F401
+               simplify)
 from .manager import (DEFAULT_PIPELINE, Pass, PassManager, PassReport, parse_pipeline,
                       register_pass, registered_passes, run_pipeline)
 

@@ -69,7 +69,7 @@ class PackWeights(Pass):
         @rules.rule("linear")
         def linear_packed(rw: Rewriter, node: Node) -> Value | None:
             # linear(x, W, b) -> linear_packed(x, pack(W), b)
-            w = _float_constant(rw, node.inputs[1])
+            w = float_constant(rw, node.inputs[1])
             if w is None or rw.is_constant(node.inputs[0]):
                 return None
             wp = pack(rw, node.inputs[1], "rows", w)
@@ -79,7 +79,7 @@ class PackWeights(Pass):
         @rules.rule("matmul")
         def matmul_packed(rw: Rewriter, node: Node) -> Value | None:
             # matmul(x, W[K, N]) -> linear_packed(x, pack(W.T))
-            w = _float_constant(rw, node.inputs[1])
+            w = float_constant(rw, node.inputs[1])
             if w is None or w.ndim != 2 or rw.is_constant(node.inputs[0]):
                 return None
             wp = pack(rw, node.inputs[1], "columns", np.ascontiguousarray(w.T))
@@ -88,7 +88,7 @@ class PackWeights(Pass):
         @rules.rule("conv")
         def conv_packed(rw: Rewriter, node: Node) -> Value | None:
             # conv(x, W[O, C, *k], b) {groups=1} -> conv_packed(x, pack(W as [O, C*k]), b)
-            w = _float_constant(rw, node.inputs[1])
+            w = float_constant(rw, node.inputs[1])
             if w is None or node.attrs["groups"] != 1 or rw.is_constant(node.inputs[0]):
                 return None
             wp = pack(rw, node.inputs[1], "rows", w.reshape(w.shape[0], -1))
@@ -99,7 +99,7 @@ class PackWeights(Pass):
         return rules
 
 
-def _float_constant(rw: Rewriter, value: Value) -> np.ndarray | None:
+def float_constant(rw: Rewriter, value: Value) -> np.ndarray | None:
     """The array of a constant float weight (a `constant` node's), else None."""
     node = value.producer
     if node is None or node.op != "constant" or not value.type.dtype.is_float:

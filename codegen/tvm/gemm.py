@@ -1,8 +1,8 @@
 """Contraction kernels of the TVM CPU backend: the GEMM template (TE compute plus a
 hand-written s_tir schedule) and the `matmul`, `linear` and `linear_packed` lowerings
-built on it. `conv.py` (conv, conv_packed) and `attention.py`
+built on it. `conv.py` (conv, conv_packed), `conv_nchwc.py` and `attention.py`
 (scaled_dot_product_attention) reuse the template; importing this module registers
-all six lowerings and their schedules (`SCHEDULES`).
+all seven lowerings and their schedules (`SCHEDULES`).
 
 The template, for out[b, r, c] = epilogue(sum_k L[b, r, k] * R[b, k, c]):
 
@@ -556,4 +556,5 @@ SCHEDULES["matmul"] = schedule_gemm
 SCHEDULES["linear"] = schedule_gemm
 SCHEDULES["linear_packed"] = schedule_gemm
 
-from . import attention, conv  # noqa: E402,F401  (register their lowerings and schedules)
+# register their lowerings and schedules
+from . import attention, conv, conv_nchwc  # noqa: E402,F401

@@ -1,5 +1,6 @@
-"""Contractions and windowed ops: matmul, linear, conv (1-3 spatial dims),
-max/avg pooling, adaptive average pooling, and scaled dot-product attention."""
+"""Contractions and windowed ops: matmul, linear, conv (1-3 spatial dims; also with
+weights packed at compile time, and in blocked channels: `conv_nchwc`), max/avg
+pooling, adaptive average pooling, and scaled dot-product attention."""
 from __future__ import annotations
 
 import math
@@ -209,6 +210,87 @@ register(OpDef("conv", (X, Operand("weight"), Operand("bias", optional=True)), _
                (Attr("strides", "ints"), Attr("pads", "ints", doc="begins then ends"),
                 Attr("dilations", "ints"), Attr("groups", "int", 1)), {CONTRACTION},
                doc="N-d convolution (cross-correlation); weight [C_out, C_in/groups, *kernel]"))
+
+
+# --- blocked channels (NCHWc): the layout passes/layout.py gives conv chains -------------------
+def block_channels(x: np.ndarray, cb: int) -> np.ndarray:
+    """Activations [N, C, *spatial] as channel blocks [N, C/cb, *spatial, cb]:
+    out[n, cB, ..., ci] = x[n, cB*cb + ci, ...]; C must be a multiple of cb."""
+    n, c = x.shape[:2]
+    if cb <= 0 or c % cb:
+        raise type_error(f"block_channels: {c} channels do not split into blocks of {cb}")
+    blocked = x.reshape(n, c // cb, cb, *x.shape[2:])
+    return np.ascontiguousarray(np.moveaxis(blocked, 2, -1))
+
+
+def unblock_channels(x: np.ndarray) -> np.ndarray:
+    """The inverse of `block_channels`: [N, C/cb, *spatial, cb] -> [N, C, *spatial]."""
+    n, blocks, cb = x.shape[0], x.shape[1], x.shape[-1]
+    return np.ascontiguousarray(np.moveaxis(x, -1, 2)).reshape(n, blocks * cb, *x.shape[2:-1])
+
+
+def block_weight(w: np.ndarray, cb: int, ob: int) -> np.ndarray:
+    """A conv weight [O, C, *kernel] as `conv_nchwc` reads it, [O/ob, C/cb, *kernel, cb, ob]:
+    out[oB, cB, k.., ci, oi] = w[oB*ob + oi, cB*cb + ci, k..]; O and C must be multiples
+    of ob and cb."""
+    o, c, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    if ob <= 0 or cb <= 0 or o % ob or c % cb:
+        raise type_error(f"block_weight: a weight of {o} out- and {c} in-channels does not "
+                         f"split into blocks of {ob} and {cb}")
+    sp = len(kernel)
+    blocked = w.reshape(o // ob, ob, c // cb, cb, *kernel)         # oB, oi, cB, ci, k..
+    order = (0, 2, *range(4, 4 + sp), 3, 1)                       # oB, cB, k.., ci, oi
+    return np.ascontiguousarray(blocked.transpose(order))
+
+
+def unblock_weight(w: np.ndarray) -> np.ndarray:
+    """The inverse of `block_weight`: [O/ob, C/cb, *kernel, cb, ob] -> [O, C, *kernel]."""
+    sp = w.ndim - 4
+    o_blocks, c_blocks, cb, ob = w.shape[0], w.shape[1], w.shape[-2], w.shape[-1]
+    order = (0, w.ndim - 1, 1, w.ndim - 2, *range(2, 2 + sp))      # oB, oi, cB, ci, k..
+    return w.transpose(order).reshape(o_blocks * ob, c_blocks * cb, *w.shape[2:2 + sp])
+
+
+def _conv_nchwc_infer(x: TensorType, weight: TensorType, bias: TensorType | None = None, *,
+                      strides, pads, dilations) -> TensorType:
+    dtype = same_dtype([x, weight] + ([bias] if bias else []))
+    spatial = weight.rank - 4
+    if not dtype.is_float or spatial < 1 or x.rank != spatial + 3:
+        raise type_error(f"conv_nchwc needs float x [N, C/cb, *spatial, cb] and weight "
+                         f"[O/ob, C/cb, *kernel, cb, ob] with rank(x) = rank(weight) - 1 >= 4, "
+                         f"got {x}, {weight}")
+    _window_attrs(spatial, "conv_nchwc", strides=strides, pads=pads, dilations=dilations)
+    if not symbolic.equal(weight.shape[1], x.shape[1]):
+        raise type_error(f"conv_nchwc: weight's {weight.shape[1]} in-channel blocks != x's "
+                         f"{x.shape[1]}")
+    if not symbolic.equal(weight.shape[-2], x.shape[-1]):
+        raise type_error(f"conv_nchwc: weight's in-channel block {weight.shape[-2]} != x's "
+                         f"channel block {x.shape[-1]}")
+    o_blocks, ob = weight.shape[0], weight.shape[-1]
+    if bias is not None and bias.shape != (o_blocks, ob):
+        raise type_error(f"conv_nchwc: bias shape {list(bias.shape)} != [{o_blocks}, {ob}]")
+    kernel = weight.shape[2:2 + spatial]
+    if not all(isinstance(k, int) for k in kernel):
+        raise type_error(f"conv_nchwc: the kernel's spatial size {list(kernel)} must be static")
+    out = tuple(window_out_dim(x.shape[2 + i], kernel[i], strides[i], pads[i],
+                               pads[i + spatial], dilations[i]) for i in range(spatial))
+    return TensorType((x.shape[0], o_blocks) + out + (ob,), dtype)
+
+
+def _conv_nchwc(x, weight, bias=None, *, strides, pads, dilations):
+    y = _conv(unblock_channels(x), unblock_weight(weight),
+              None if bias is None else bias.reshape(-1), strides=strides, pads=pads,
+              dilations=dilations, groups=1)
+    return block_channels(y, weight.shape[-1])
+
+
+register(OpDef("conv_nchwc", (X, Operand("weight"), Operand("bias", optional=True)),
+               _conv_nchwc_infer, _conv_nchwc,
+               (Attr("strides", "ints"), Attr("pads", "ints", doc="begins then ends"),
+                Attr("dilations", "ints")), {CONTRACTION},
+               doc="conv (one group) in blocked channels: x [N, C/cb, *spatial, cb], weight "
+                   "[O/ob, C/cb, *kernel, cb, ob] (`block_weight`), bias [O/ob, ob] -> "
+                   "[N, O/ob, *out, ob]; equal to conv on the unblocked tensors"))
 
 
 def _pool_infer(x: TensorType, *, kernel, strides, pads, ceil_mode, dilations=None,

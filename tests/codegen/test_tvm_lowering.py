@@ -307,6 +307,8 @@ for _dt in ("f32", "bf16", "f64"):
          reduce_size=24)
     case("conv_packed", x, pack_panels(arr(_dt, (5, 54)), 16), arr(_dt, (5,)), out_channels=5,
          kernel=(3, 3), strides=(2, 1), pads=(1, 0, 1, 2), dilations=(1, 2), reduce_size=54)
+    case("conv_nchwc", arr(_dt, (2, 2, 7, 9, 3)), arr(_dt, (2, 2, 3, 3, 3, 4)), arr(_dt, (2, 4)),
+         strides=(2, 1), pads=(1, 0, 1, 2), dilations=(1, 2), reduce_size=54)
     q, k, v = arr(_dt, (2, 3, 5, 8)), arr(_dt, (2, 1, 6, 8)), arr(_dt, (2, 1, 6, 4))
     mask = arr("bool", (5, 6))
     mask[0] = False   # a fully masked row attends to nothing: 0

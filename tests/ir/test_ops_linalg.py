@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 from kiln.ir import tensor
 from kiln.ir import symbolic
-from kiln.ir.ops.linalg import pack_panels, unpack_panels
+from kiln.ir.ops.linalg import block_channels, block_weight, pack_panels, unpack_panels
 from tests.ir.op_testing import (FLOAT_DTYPES, INT_DTYPES, NUMERIC_DTYPES, arrays, assert_close,
                                  build, check_op, exercises, infer, infer_error, run, shapes,
                                  to_torch, torch_dtype)
@@ -155,6 +155,30 @@ def test_conv_packed(data, w, with_bias, panel):
     attrs = {"out_channels": c_out, "kernel": w["kernel"], "strides": w["strides"],
              "pads": w["pads"], "dilations": w["dilations"]}
     check_op("conv_packed", [x, pack_panels(weight.reshape(c_out, -1), panel)] + bias, attrs,
+             expected, reduce_size=c_in * math.prod(w["kernel"]) * 4)
+
+
+@exercises("conv_nchwc")
+@given(data=st.data(), w=window(), with_bias=st.booleans(),
+       blocks=st.sampled_from([(1, 1), (2, 3), (3, 2)]))
+def test_conv_nchwc(data, w, with_bias, blocks):
+    """conv in blocked channels (`block_channels`, `block_weight`) equals conv."""
+    dt = data.draw(st.sampled_from(FLOAT_DTYPES))
+    cb, ob = blocks
+    c_in, c_out = cb * data.draw(st.integers(1, 2)), ob * data.draw(st.integers(1, 2))
+    x = data.draw(arrays(dt, (data.draw(st.integers(1, 2)), c_in) + w["sizes"], low=-2, high=2))
+    weight = data.draw(arrays(dt, (c_out, c_in) + tuple(w["kernel"]), low=-2, high=2))
+    bias = data.draw(arrays(dt, (c_out,), low=-2, high=2)) if with_bias else None
+    wide = lambda a: to_torch(a).double()  # noqa: E731
+    conv = getattr(F, f"conv{len(w['kernel'])}d")
+    expected = conv(F.pad(wide(x), _torch_pads(w["pads"])), wide(weight),
+                        None if bias is None else wide(bias), stride=w["strides"],
+                        dilation=w["dilations"])
+    expected = to_torch(block_channels(expected.numpy(), ob)).to(torch_dtype(dt))
+    inputs = [block_channels(x, cb), block_weight(weight, cb, ob)] + \
+        ([] if bias is None else [bias.reshape(-1, ob)])
+    check_op("conv_nchwc", inputs, {"strides": w["strides"], "pads": w["pads"],
+                                    "dilations": w["dilations"]},
              expected, reduce_size=c_in * math.prod(w["kernel"]) * 4)
 
 
