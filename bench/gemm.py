@@ -1,7 +1,7 @@
 """Contraction kernels: kiln's TVM kernels vs PyTorch vs ONNX Runtime, interleaved.
 
     python -m bench.gemm [--cases mm2048,bert_linear,resnet50,bert_attention,...]
-                         [--rounds 9] [--threads 2]
+                         [--rounds 9] [--threads 2] [--blocked]
 
 Cases: GEMMs (matmul 1024^3 / 2048^3, batched QK^T and PV), linears (BERT's FFN, a
 decode step, the benchmark MLP's layer), every distinct ResNet-50 conv layer (`resnet50` selects all 23, with a
@@ -116,13 +116,17 @@ DEFAULT = ("mm1024,mm2048,bmm_qk,bmm_pv,bert_linear,bert_linear2,decode_linear,m
 
 
 # --- engines ---------------------------------------------------------------------------------
-def kiln_engine(case: Case, arrays: list[np.ndarray]) -> Callable[[], None]:
+def kiln_engine(case: Case, arrays: list[np.ndarray], blocked: bool = False
+                ) -> Callable[[], None]:
     """The case as `kiln.compile` builds it: a linear/conv weight (and bias) is a
-    constant, packed at compile time by the `pack_weights` pass."""
+    constant, packed at compile time by the `pack_weights` pass. `blocked`: a conv as
+    the `block_layout` pass makes it, `conv_nchwc` on input already in blocked channels
+    (the layout changes at a chain's ends are not timed)."""
     import tvm
 
     from kiln.codegen.tvm import cpu_target, lower_node
     from kiln.ir import GraphBuilder, tensor
+    from kiln.passes.layout import BlockLayout
     from kiln.passes.pack import PackWeights
 
     b = GraphBuilder(case.op)
@@ -130,10 +134,13 @@ def kiln_engine(case: Case, arrays: list[np.ndarray]) -> Callable[[], None]:
     values = [b.constant(f"w{i}", a) if weights and i else b.input(f"x{i}", tensor("f32", *a.shape))
               for i, a in enumerate(arrays)]
     graph = b.build(getattr(b, case.op)(*values, **case.attrs))
-    PackWeights().run(graph)
-    node = graph.nodes[-1]
+    (BlockLayout() if blocked else PackWeights()).run(graph)
+    node = next(n for n in graph.nodes if n.op == "conv_nchwc") if blocked else graph.nodes[-1]
     given = dict(zip(graph.inputs, arrays))
-    inputs = [given[v] if v in given else graph.constant_array(v.producer) for v in node.inputs]
+    rng = np.random.default_rng(1)
+    inputs = [given[v] if v in given else graph.constant_array(v.producer)
+              if v.producer.op == "constant" else
+              rng.standard_normal(v.type.shape).astype(np.float32) for v in node.inputs]
     lib = tvm.compile(tvm.IRModule({"main": lower_node(node, "main")}), target=cpu_target())
     fn = lib["main"]
     out = np.zeros(tuple(node.outputs[0].type.shape), np.float32)
@@ -249,6 +256,8 @@ def main() -> None:
     parser.add_argument("--cases", default=DEFAULT)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--blocked", action="store_true",
+                        help="convs: also time the blocked-channel kernel (block_layout)")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     if "tvm" in sys.modules:
@@ -263,6 +272,8 @@ def main() -> None:
         arrays = [rng.standard_normal(s).astype(np.float32) for s in case.shapes]
         engines = {"kiln": kiln_engine(case, arrays), "torch": torch_engine(case, arrays),
                    "ORT": ort_engine(case, arrays, args.threads)}
+        if args.blocked and case.op == "conv":
+            engines["kiln NCHWc"] = kiln_engine(case, arrays, blocked=True)
         seconds = interleaved(engines, args.rounds)
         rows.append((key, case, seconds))
         print(f"{case.name}: " + ", ".join(f"{k} {case.flops / v / 1e9:.1f}"
@@ -270,20 +281,28 @@ def main() -> None:
     print()
     print(f"threads {args.threads}, {args.rounds} interleaved rounds, median GFLOP/s "
           "(ms per call for the totals)")
-    print("| case | kiln | torch | ORT | kiln/torch | kiln/ORT |")
-    print("|---|---|---|---|---|---|")
+    extra = "kiln NCHWc" if any("kiln NCHWc" in sec for _, _, sec in rows) else None
+    print("| case | kiln | torch | ORT | kiln/torch | kiln/ORT |"
+          + (" kiln NCHWc | NCHWc/ORT |" if extra else ""))
+    print("|---|---|---|---|---|---|" + ("---|---|" if extra else ""))
+
+    def more(values: dict[str, float], ratio: float) -> str:
+        if not extra:
+            return ""
+        return f" {values[extra]:.2f} | {ratio:.2f} |" if extra in values else " - | - |"
     for _, case, sec in rows:
         g = {k: case.flops / v / 1e9 for k, v in sec.items()}
         count = f" (x{case.count})" if case.count > 1 else ""
         print(f"| {case.name}{count} | {g['kiln']:.1f} | {g['torch']:.1f} | {g['ORT']:.1f} | "
-              f"{g['kiln'] / g['torch']:.2f} | {g['kiln'] / g['ORT']:.2f} |")
+              f"{g['kiln'] / g['torch']:.2f} | {g['kiln'] / g['ORT']:.2f} |"
+              + more(g, g.get(extra, 0) / g['ORT']))
     for group, members in GROUPS.items():
         chosen = [(case, sec) for key, case, sec in rows if key in members.split(",")]
         if chosen:   # the layers' summed time, each layer as often as the model has it
             ms = {k: 1e3 * sum(c.count * sec[k] for c, sec in chosen) for k in chosen[0][1]}
             print(f"| {group}: {len(chosen)} layers, total ms | {ms['kiln']:.2f} | "
                   f"{ms['torch']:.2f} | {ms['ORT']:.2f} | {ms['torch'] / ms['kiln']:.2f} | "
-                  f"{ms['ORT'] / ms['kiln']:.2f} |")
+                  f"{ms['ORT'] / ms['kiln']:.2f} |" + more(ms, ms['ORT'] / ms.get(extra, 1)))
 
 
 if __name__ == "__main__":

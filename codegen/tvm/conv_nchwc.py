@@ -31,6 +31,7 @@ Imports TVM, `kiln.ir` and the sibling `common`/`gemm`/`schedule` modules.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from tvm import s_tir, te, tirx
@@ -154,7 +155,8 @@ def schedule_conv_nchwc(sch: s_tir.Schedule, node: Node | None = None) -> None:
         sch.unroll(loops[0])
         sch.unroll(loops[1])
         sch.vectorize(loops[2])
-    sch.unroll(ri)
+    if os.environ.get("NCHWC_NO_UNROLL_CI") is None:
+        sch.unroll(ri)
     sch.parallel(sch.fuse(n, oo, oh))
     sch.decompose_reduction(acc, rc)
     for pad in blocks.get("pad", []):
