@@ -31,7 +31,6 @@ Imports TVM, `kiln.ir` and the sibling `common`/`gemm`/`schedule` modules.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from tvm import s_tir, te, tirx
@@ -44,7 +43,6 @@ from .gemm import (ROLE, accumulator_dtype, from_accumulator, gemm_blocks, inlin
                    machine, static, to_accumulator)
 from .schedule import SCHEDULES
 
-MAX_ACCUMULATORS = 28   # vector registers a tile may hold (AVX-512: 32, less loads, broadcast)
 MAX_OC_TILE = 4         # output-channel blocks per tile
 
 
@@ -59,23 +57,24 @@ class Tile:
 
 
 def choose_tile(o_blocks: int, ob: int, out_w: int, acc_dtype: str) -> Tile:
-    """The tile with the most multiply-adds per reduction step, within the registers
-    (`MAX_ACCUMULATORS`, scaled to the vector file), whose columns divide the output
-    width and whose channel blocks divide the blocks: among those, the fewest loads
-    (OT weight vectors + RW broadcasts) per multiply-add."""
+    """The register tile for `o_blocks` output-channel blocks of `ob` channels and an
+    output `out_w` columns wide: RW dividing the width, OT dividing the blocks (up to
+    MAX_OC_TILE), the RW x OT x vectors accumulators plus OT weight vectors and two
+    broadcasts fitting in the vector registers without spilling; among those, the
+    most FMA-bound (per reduction step: RW x OT x vectors multiply-adds against OT x
+    vectors + RW loads, two of each per cycle), then the most multiply-adds per step.
+    (On ResNet-50's 56x56 3x3 layer, 14 x 2 blocks = 28 accumulators spilled
+    across the kh/kw loops and ran slowest; 4 x 4, 8 x 2 and 7 x 2 ran alike.)"""
     m = machine()
     vectors = -(-ob // m.lanes(acc_dtype))             # vectors per output-channel block
-    budget = max(1, MAX_ACCUMULATORS * m.registers // 32)
     best, best_key = Tile(1, 1), None
     for ot in range(1, min(MAX_OC_TILE, o_blocks) + 1):
-        if o_blocks % ot:
-            continue
         for rw in range(1, out_w + 1):
-            fmas = ot * rw * vectors
-            if out_w % rw or fmas > budget:
+            fmas, weights = ot * rw * vectors, ot * vectors
+            if o_blocks % ot or out_w % rw or fmas + weights + 2 >= m.registers:
                 continue
-            loads = ot * vectors + rw
-            key = (fmas, -loads)
+            loads = weights + rw
+            key = (fmas / max(fmas, loads), fmas, -loads)
             if best_key is None or key > best_key:
                 best, best_key = Tile(rw, ot), key
     return best
@@ -107,10 +106,11 @@ def lower_conv_nchwc(ctx: LowerContext, x: te.Tensor, w: te.Tensor,
             ws = tirx.max(tirx.min(wi - left, index(W - 1)), index(0))
             return tirx.if_then_else(inside, to_accumulator(x[n, c, hs, ws, i], acc),
                                      tirx.const(0, acc))
-        xp = te.compute([N, index(c_blocks), index(HP), index(WP), index(cb)], padded,
-                        name="conv_nchwc_pad", attrs={ROLE: "pad"})
+        pad = te.compute([N, index(c_blocks), index(HP), index(WP), index(cb)], padded,
+                         name="conv_nchwc_pad", attrs={ROLE: "pad"})
+        xp = lambda *i: pad(*i)  # noqa: E731
     else:
-        xp = te.compute(x.shape, lambda *i: to_accumulator(x(*i), acc), name="conv_nchwc_x")
+        xp = lambda *i: to_accumulator(x(*i), acc)  # noqa: E731
 
     rc = te.reduce_axis((index(0), index(c_blocks)), name="cb")
     rh = te.reduce_axis((index(0), index(KH)), name="kh")
@@ -119,7 +119,7 @@ def lower_conv_nchwc(ctx: LowerContext, x: te.Tensor, w: te.Tensor,
     tile = choose_tile(o_blocks, ob, OW, acc)
 
     def body(n, o, oh, ow, oi):
-        return te.sum(xp[n, rc, oh * sh + rh * dh, ow * sw + rw * dw, ri]
+        return te.sum(xp(n, rc, oh * sh + rh * dh, ow * sw + rw * dw, ri)
                       * to_accumulator(w[o, rc, rh, rw, ri, oi], acc), axis=[rc, rh, rw, ri])
     accumulated = te.compute(out_shape, body, name="conv_nchwc_acc",
                              attrs={ROLE: "acc", **tile.annotations()})
@@ -141,7 +141,9 @@ def schedule_conv_nchwc(sch: s_tir.Schedule, node: Node | None = None) -> None:
     rw, ot = int(ann["rw"]), int(ann["ot"])
     consumers = sch.get_consumers(acc)
     if len(consumers) != 1:
-        raise_multiple(sch, consumers)
+        names = [sch.get(b).name_hint for b in consumers]
+        raise CodegenError(f"conv_nchwc's accumulator feeds {names}: its schedule needs the "
+                           "epilogue as one block (one output of the fused group)")
     (out,) = consumers
     n, o, oh, ow, oi = sch.get_loops(out)
     oo, oj = sch.split(o, [None, ot])
@@ -155,18 +157,10 @@ def schedule_conv_nchwc(sch: s_tir.Schedule, node: Node | None = None) -> None:
         sch.unroll(loops[0])
         sch.unroll(loops[1])
         sch.vectorize(loops[2])
-    if os.environ.get("NCHWC_NO_UNROLL_CI") is None:
-        sch.unroll(ri)
     sch.parallel(sch.fuse(n, oo, oh))
     sch.decompose_reduction(acc, rc)
     for pad in blocks.get("pad", []):
         schedule_pad(sch, pad)
-
-
-def raise_multiple(sch: s_tir.Schedule, consumers) -> None:
-    names = [sch.get(b).name_hint for b in consumers]
-    raise CodegenError(f"conv_nchwc's accumulator feeds {names}: the schedule needs one "
-                       "epilogue block")
 
 
 def schedule_pad(sch: s_tir.Schedule, pad) -> None:
