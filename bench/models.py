@@ -2,7 +2,7 @@
 PyTorch eager, interleaved.
 
     python -m bench.models [--models mlp,bert,gpt2,resnet,llama] [--rounds 15] [--threads 2]
-                           [--cold] [--no-inductor]
+                           [--cold] [--no-inductor] [--passes SPEC]
 
 Per model: compile times (kiln's `kiln.compile`, with its kernel cache as found, or an
 empty one with --cold; torch.compile's first call, which is when Inductor compiles,
@@ -184,7 +184,7 @@ def run_case(name: str, args: argparse.Namespace, cache_dir: str | None, tmp: Pa
     case = make_case(name)
     compile_s: dict[str, float] = {}
     start = time.perf_counter()
-    compiled = kiln.compile(case.model, case.inputs, cache_dir=cache_dir)
+    compiled = kiln.compile(case.model, case.inputs, cache_dir=cache_dir, passes=args.passes)
     compile_s["kiln"] = time.perf_counter() - start
     with torch.no_grad():
         expected = case.model(*case.inputs)
@@ -223,6 +223,9 @@ def main() -> None:
                         help="compile with empty kiln and Inductor caches")
     parser.add_argument("--no-inductor", dest="inductor", action="store_false",
                         help="leave torch.compile out")
+    parser.add_argument("--passes", default=None,
+                        help="kiln's pass pipeline (default: DEFAULT_PIPELINE), e.g. "
+                             "canonicalize,block_layout,pack_weights,fuse,plan")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
