@@ -41,6 +41,8 @@ from .manager import Pass, PassReport, register_pass
 from .pack import float_constant
 from .rewrite import Rewriter, RuleSet, rewrite
 
+Blocked = dict[tuple[Value, "Value | None"], tuple[Value, "Value | None"]]  # (W, b) -> blocked
+
 TO_BLOCKED_PERM = (0, 1, 3, 4, 2)      # [N, C/b, b, H, W] -> [N, C/b, H, W, b]
 FROM_BLOCKED_PERM = (0, 1, 4, 2, 3)    # [N, C/b, H, W, b] -> [N, C/b, b, H, W]
 
@@ -58,12 +60,12 @@ class BlockLayout(Pass):
     def run(self, graph: Graph) -> PassReport:
         if self.block < 1:
             raise PipelineError(f"block_layout: block={self.block} must be positive")
-        blocked_weights: dict[int, tuple[Value, Value | None]] = {}
+        blocked_weights: Blocked = {}
         counts = rewrite(graph, self._rules(blocked_weights))
         counts.pop("dce", None)
         return PassReport(changed=bool(counts), counts={**counts})
 
-    def _rules(self, blocked_weights: dict[int, tuple[Value, Value | None]]) -> RuleSet:
+    def _rules(self, blocked_weights: Blocked) -> RuleSet:
         rules = RuleSet()
         block = self.block
 
@@ -81,7 +83,7 @@ class BlockLayout(Pass):
             bias = node.inputs[2] if len(node.inputs) > 2 else None
             if bias is not None and float_constant(rw, bias) is None:
                 return None
-            key = id(node.inputs[1]), id(bias)
+            key = node.inputs[1], bias      # the values themselves: ids of dead ones recur
             if key not in blocked_weights:
                 wb = rw.add_constant(block_weight(w, cb, block), f"{node.inputs[1].name}.nchwc")
                 bb = None if bias is None else rw.add_constant(
@@ -89,7 +91,8 @@ class BlockLayout(Pass):
                 blocked_weights[key] = wb, bb
             wb, bb = blocked_weights[key]
             attrs = {k: node.attrs[k] for k in ("strides", "pads", "dilations")}
-            y = rw.add("conv_nchwc", [to_blocked(rw, x, cb), wb, *([bb] if bb is not None else [])], attrs)
+            operands = [to_blocked(rw, x, cb), wb] + ([bb] if bb is not None else [])
+            y = rw.add("conv_nchwc", operands, attrs)
             return from_blocked(rw, y)
 
         @rules.rule(*ops_with(ELEMENTWISE))
