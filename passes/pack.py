@@ -47,7 +47,7 @@ class PackWeights(Pass):
     def run(self, graph: Graph) -> PassReport:
         if self.panel < 1:
             raise PipelineError(f"pack_weights: panel={self.panel} must be positive")
-        packed: dict[tuple[int, str], Value] = {}   # (weight value, how) -> packed constant
+        packed: dict[tuple[Value, str], Value] = {}   # (weight value, how) -> packed constant
         counts = rewrite(graph, self._rules(packed))
         counts.pop("dce", None)   # the unpacked weights nothing reads any more
         kept = [v for v in packed.values() if v.users]
@@ -56,11 +56,11 @@ class PackWeights(Pass):
             "bytes_packed": sum(int(graph.constants[v.producer.attrs["ref"]].nbytes)
                                 for v in kept)})
 
-    def _rules(self, packed: dict[tuple[int, str], Value]) -> RuleSet:
+    def _rules(self, packed: dict[tuple[Value, str], Value]) -> RuleSet:
         rules = RuleSet()
 
         def pack(rw: Rewriter, weight: Value, how: str, matrix: np.ndarray) -> Value:
-            key = (id(weight), how)
+            key = (weight, how)      # the value itself: ids of dead values recur
             if key not in packed:
                 panel = panel_width(matrix.shape[0], self.panel)
                 packed[key] = rw.add_constant(pack_panels(matrix, panel), f"{weight.name}.packed")
