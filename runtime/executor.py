@@ -67,7 +67,6 @@ class Prepared:
 class _Memory:
     """Everything allocated for one binding of the symbols."""
     slots: list[np.ndarray]
-    tensors: dict[str, Any]        # intermediate or view of one or of a constant -> tensor
     outputs: list[tuple[str, tuple[int, ...], np.dtype]]  # returned step outputs to allocate
     views: list[tuple[str, str, tuple[int, ...]]]  # per call: (view, its root, its shape)
     shapes: dict[str, tuple[int, ...]]             # storage shape of every view
@@ -370,8 +369,8 @@ class Executor:
         step_args = [[fixed.get(v) for v in step.args] for _, step, _ in self._steps]
         step_fills = [[(p, index[v]) for p, v in enumerate(step.args) if v not in fixed]
                       for _, step, _ in self._steps]
-        memory = _Memory(slots, tensors, outputs, views, {v: shapes[v] for v in self._roots},
-                         step_args, step_fills)
+        memory = _Memory(slots, outputs, views, {v: shapes[v] for v in self._roots}, step_args,
+                         step_fills)
         self._cache[key] = memory
         while len(self._cache) > self.max_cached_bindings:
             self._cache.popitem(last=False)
