@@ -15,7 +15,9 @@ kernels after fusion, and peak intermediate memory: kiln's memory plan (planned 
 buffer per intermediate) and ORT's, read from the arena statistics its profiler
 records per kernel (peak bytes in use during a run minus the bytes in use before it;
 `ort_peak_intermediates`).
-Models are built from configs with random weights.
+Models are built from configs with random weights. kiln and ORT are called with the
+inputs as NumPy arrays (each one's native input; kiln also takes torch tensors, through
+DLPack), torch.compile and eager with torch tensors.
 """
 from __future__ import annotations
 
@@ -188,11 +190,12 @@ def run_case(name: str, args: argparse.Namespace, cache_dir: str | None, tmp: Pa
     compile_s["kiln"] = time.perf_counter() - start
     with torch.no_grad():
         expected = case.model(*case.inputs)
-    got = compiled(*[t.numpy() for t in case.inputs])[0]
+    arrays = [t.numpy() for t in case.inputs]   # kiln and ORT both take NumPy inputs
+    got = compiled(*arrays)[0]
     err = float(np.max(np.abs(got - expected.numpy())))
     start = time.perf_counter()
     onnx = onnx_bytes(case)
-    engines: dict[str, Callable[[], Any]] = {"kiln": lambda: compiled(*case.inputs),
+    engines: dict[str, Callable[[], Any]] = {"kiln": lambda: compiled(*arrays),
                                              "ort": ort_session(onnx, case, args.threads)}
     compile_s["ort"] = time.perf_counter() - start
     with torch.no_grad():

@@ -12,10 +12,16 @@ import numpy as np
 ALIGNMENT = 64
 
 
+def address(array: np.ndarray) -> int:
+    """The address of the array's first element (through the array interface, which
+    costs less than building `array.ctypes`)."""
+    return array.__array_interface__["data"][0]
+
+
 def is_aligned(array: np.ndarray) -> bool:
     """True when `array` can go to a kernel as it is: aligned start, C-contiguous.
     An empty array qualifies whatever its pointer: no kernel reads it."""
-    return array.flags.c_contiguous and (array.size == 0 or array.ctypes.data % ALIGNMENT == 0)
+    return array.flags.c_contiguous and (array.size == 0 or address(array) % ALIGNMENT == 0)
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -26,10 +32,10 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 def aligned_view(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """The 64-byte aligned array of `shape` and `dtype` inside `raw`, a byte buffer at
-    least ALIGNMENT bytes larger (the `.base` of an `aligned_empty` array: reusing it)."""
+    least ALIGNMENT bytes larger."""
     dtype = np.dtype(dtype)
     size = math.prod(shape) * dtype.itemsize
-    start = -raw.ctypes.data % ALIGNMENT
+    start = -address(raw) % ALIGNMENT
     return raw[start:start + size].view(dtype).reshape(shape)
 
 

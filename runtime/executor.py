@@ -43,15 +43,10 @@ import numpy as np
 
 from ..errors import ArtifactError, DimExpressionError, KernelError, RuntimeInputError
 from . import dims, dtypes, ffi
-from .buffers import (ALIGNMENT, aligned_copy, aligned_empty, aligned_view, ensure_aligned,
-                      is_aligned)
+from .buffers import ALIGNMENT, aligned_copy, aligned_empty, ensure_aligned, is_aligned
 from .plan import Plan, Port, Signature, Step
 
 DEFAULT_MAX_CACHED_BINDINGS = 8
-# References to a returned array's storage when no array uses it any more: the
-# binding's dict, the local name and getrefcount's argument. Every array sharing the
-# memory (the result, any view of it, a torch.from_numpy of it) holds one more.
-UNSHARED_REFERENCES = 3
 
 
 @dataclass
@@ -64,6 +59,28 @@ class Prepared:
 
 
 @dataclass
+class _Returned:
+    """A step output the graph returns: the array handed to the caller, its kernel
+    tensor, and the reference counts of the array and of its memory while only the
+    executor holds them (`references`)."""
+    array: np.ndarray
+    tensor: Any
+    unshared: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def allocate(cls, shape: tuple[int, ...], dtype: np.dtype) -> _Returned:
+        returned = cls(aligned_empty(shape, dtype), None)   # no local name for the array:
+        returned.tensor = ffi.to_tensor(returned.array)     # `unshared` counts no caller
+        returned.unshared = returned.references()
+        return returned
+
+    def references(self) -> tuple[int, int]:
+        """References to the array (the caller's result, a torch.from_numpy or a
+        memoryview of it hold one each) and to its memory (every NumPy view holds one)."""
+        return sys.getrefcount(self.array), sys.getrefcount(self.array.base)
+
+
+@dataclass
 class _Memory:
     """Everything allocated for one binding of the symbols."""
     slots: list[np.ndarray]
@@ -73,7 +90,7 @@ class _Memory:
     step_args: list[list[Any]]     # per step: its arguments, None where they change per call
     step_fills: list[list[tuple[int, int]]]  # per step: (argument, index into a call's
     #   per-call tensors: the inputs, then the returned outputs, then the views above)
-    returned_storage: dict[str, np.ndarray] = field(default_factory=dict)  # last call's
+    returned: dict[str, _Returned] = field(default_factory=dict)   # the last call's
 
 
 class Executor:
@@ -98,6 +115,10 @@ class Executor:
         self._dtypes = [dtypes.numpy_dtype(p.dtype) for p in self._ports]
         self._static = [dtypes.storage_shape(p.dtype, tuple(  # static dims as stored
             d if isinstance(d, int) else 1 for d in p.shape)) for p in self._ports]
+        # every input's shape, when no input dim is a symbol: a call whose shapes equal
+        # it needs no binding (the common case, checked first)
+        self._all_static = (self._static if not any(isinstance(d, str) for p in self._ports
+                                                    for d in p.shape) else None)
         self._returned = plan.returned
         self._roots = {v: plan.root(v) for v in plan.aliases}
         self._cache: OrderedDict[tuple[int, ...], _Memory] = OrderedDict()
@@ -133,7 +154,8 @@ class Executor:
         """Check the inputs, bind the symbols, make every input kernel-ready."""
         given = self._match(inputs, named)
         views = [self._view(port, dt, x) for port, dt, x in zip(self._ports, self._dtypes, given)]
-        bindings = self._bind([shape for _, shape in views])
+        shapes = [shape for _, shape in views]
+        bindings = {} if shapes == self._all_static else self._bind(shapes)
         tensors, arrays = [], []
         for (tensor, _), x in zip(views, given):
             tensor, array = self._kernel_ready(tensor, x)
@@ -167,18 +189,17 @@ class Executor:
         return [(step, kernel, args) for (_, step, kernel), args in zip(self._steps, arguments)]
 
     def _returned_arrays(self, memory: _Memory) -> dict[str, np.ndarray]:
-        """An array for each step output the graph returns: the previous call's storage
-        when nothing references it any more (the caller dropped that result and every
-        view of it), else fresh memory. Reuse spares the page faults and cache misses
-        of new memory on every call, as an arena allocator would."""
+        """An array for each step output the graph returns: the previous call's array,
+        with its kernel tensor, when nothing references it or its memory any more (the
+        caller dropped that result and every view of it), else fresh memory. Reuse
+        spares the page faults and cache misses of new memory on every call, as an
+        arena allocator would, and the making of arrays and tensors."""
         made: dict[str, np.ndarray] = {}
         for name, shape, dtype in memory.outputs:
-            storage = memory.returned_storage.get(name)
-            if storage is None or sys.getrefcount(storage) > UNSHARED_REFERENCES:
-                made[name] = aligned_empty(shape, dtype)
-                memory.returned_storage[name] = made[name].base
-            else:
-                made[name] = aligned_view(storage, shape, dtype)
+            kept = memory.returned.get(name)
+            if kept is None or kept.references() != kept.unshared:
+                kept = memory.returned[name] = _Returned.allocate(shape, dtype)
+            made[name] = kept.array
         return made
 
     def _arguments(self, prepared: Prepared, memory: _Memory, made: dict[str, np.ndarray]
@@ -187,7 +208,7 @@ class Executor:
         (constants, slots, views of them) with this call's inputs, returned arrays and
         views of those filled in."""
         per_call = list(prepared.tensors)
-        per_call += [ffi.to_tensor(made[name]) for name, _, _ in memory.outputs]
+        per_call += [memory.returned[name].tensor for name, _, _ in memory.outputs]
         per_call += [ffi.to_tensor(_reshaped(self._array(root, prepared, made), shape, view,
                                              root)) for view, root, shape in memory.views]
         arguments = []

@@ -106,6 +106,39 @@ def test_linear_packed_symbolic_rows():
                                    rtol=1e-4, atol=1e-3)
 
 
+# --- the transposed linear: a few rows in the vector axis ---------------------------------
+@pytest.mark.parametrize("n, bias", [(1000, True), (10, False), (64, True)])
+def test_linear_packed_transposed(n, bias):
+    """32 rows: `pack_weights` packs the weight in 8-wide panels and the kernel computes
+    outT = W xT (a ragged last panel at 1000 and 10 features)."""
+    w, b_ = randn(n, 96), randn(n)
+
+    def build(b, xv):
+        return b.linear(xv, b.constant("w", w), *([b.constant("b", b_)] if bias else []))
+    before, after = packed(build, [randn(32, 96)], "linear_packed")
+    assert after.nodes[-1].inputs[1].type.shape[-1] == 8
+    assert "linear_t_acc" in lower_node(after.nodes[-1], "main").script()
+    check_packed(build, [randn(32, 96)], "linear_packed", 96)
+
+
+def test_matmul_with_constant_weight_transposed():
+    w = randn(70, 50)
+    build = lambda b, xv: b.matmul(xv, b.constant("w", w))  # noqa: E731
+    check_packed(build, [randn(32, 70)], "linear_packed", 70)
+
+
+@pytest.mark.parametrize("x, panel, want", [
+    ((32, 64), 8, True),
+    ((32, 64), 64, False),      # packed for the column-panel tile
+    ((16, 64), 8, False),       # one vector of rows: 8 accumulators, slower transposed
+    ((48, 64), 8, False),       # three: slower too (measured)
+    ((1, 32, 64), 8, False),    # batch dims: the column-panel tile
+])
+def test_which_linears_run_transposed(x, panel, want):
+    from kiln.codegen.tvm.gemm import transposed_linear
+    assert transposed_linear(te.placeholder(x, "float32"), panel) is want
+
+
 # --- tiling and schedule choices -------------------------------------------------------------
 @pytest.mark.parametrize("rows, mr, want", [
     (32, 6, 4),     # the benchmark MLP's batch: 4-row tiles, not 36 rows in 6-row ones
@@ -129,8 +162,8 @@ def _packed_linear_script(m: int) -> str:
 
 def test_linear_reads_its_rows_in_place():
     """A linear's row panel is not packed: the tile reads x directly (one parallel
-    loop, the GEMM's, and no pack buffer), here with 4-row tiles for 32 rows."""
-    text = _packed_linear_script(32)
+    loop, the GEMM's, and no pack buffer), here with 4-row tiles for 16 rows."""
+    text = _packed_linear_script(16)
     assert "pack_l" not in text and text.count("T.parallel") == 1
     assert '"mr": 4' in text
 
@@ -236,13 +269,15 @@ def _linear_epilogue(out, residual):
                       .astype("float32"), name="residual")
 
 
-@pytest.mark.parametrize("m, k, n, packed_weight", [(50, 40, 128, False), (13, 24, 70, False),
-                                                    (50, 40, 128, True)])
+@pytest.mark.parametrize("m, k, n, packed_weight", [
+    (50, 40, 128, False), (13, 24, 70, False), (50, 40, 128, 64),
+    (32, 40, 130, 8),             # transposed: the epilogue stores its tile transposed
+])
 def test_linear_fused_epilogue(m, k, n, packed_weight):
     x, w, bias, residual = randn(m, k), randn(n, k), randn(n), randn(n)
     if packed_weight:
         from kiln.ir.ops.linalg import pack_panels
-        wp = pack_panels(w, 64)
+        wp = pack_panels(w, packed_weight)
         node = _node("linear_packed", [(m, k), wp.shape, (n,)], out_features=n)
         args = [x, wp, bias]
         lowering = lower_linear_packed

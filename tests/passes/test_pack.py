@@ -51,6 +51,25 @@ def test_pack_weights_rewrites_constant_contractions():
     assert_idempotent("pack_weights", graph)
 
 
+def test_a_few_rows_get_narrow_panels_once_per_width():
+    """x of `small_rows` rows: 8-wide panels (the transposed kernel's); a weight that
+    such a linear and another one share is packed once for each."""
+    w = np.random.default_rng(0).standard_normal((40, 12)).astype(np.float32)
+    b = GraphBuilder("g")
+    small, wide = b.input("small", tensor("f32", 32, 12)), b.input("wide", tensor("f32", 5, 12))
+    weight = b.constant("w", w)
+    graph = b.build(b.linear(small, weight), b.linear(wide, weight), b.linear(small, weight))
+    original = copy_graph(graph)
+    [report] = PassManager("pack_weights").run(graph)
+    assert report.counts["weights_packed"] == 2
+    shapes = sorted(v.shape for v in graph.constants.values())
+    assert shapes == [(1, 12, 48), (5, 12, 8)]
+    assert_same_results(original, graph)
+    [report] = PassManager("pack_weights(small_rows=5, small_rows_panel=16)").run(
+        copy_graph(original))
+    assert report.counts["weights_packed"] == 2   # now the 5 rows get 16-wide panels
+
+
 def test_panel_width_and_bad_panel():
     assert [panel_width(n, 64) for n in (1, 16, 17, 64, 1000)] == [16, 16, 32, 64, 64]
     b = GraphBuilder("g")
@@ -58,6 +77,8 @@ def test_panel_width_and_bad_panel():
     graph = b.build(b.linear(x, b.constant("w", np.ones((3, 4), np.float32))))
     with pytest.raises(PipelineError, match="panel=0"):
         PassManager("pack_weights(panel=0)").run(graph)
+    with pytest.raises(PipelineError, match="small_rows_panel=0"):
+        PassManager("pack_weights(small_rows_panel=0)").run(graph)
 
 
 @pytest.mark.slow
