@@ -20,6 +20,9 @@ The template, for out[b, r, c] = epilogue(sum_k L[b, r, k] * R[b, k, c]):
 - a `linear` reads L in place (the Lp stage inlined into the tile: rows are x's
   rows, K contiguous), so its kernel is one parallel loop with no pack pass; MR is
   chosen to pad the rows least (`least_padding`: 32 rows as 8 x 4, not 6 x 6);
+- a linear of 32 rows whose weight `pack_weights` packed 8 wide runs transposed
+  (`_linear_transposed`): outT = W xT, the weight's panels as Lp read in place, xT
+  as the one column panel;
 - a conv's row pack walks K as its (channel, taps) loops ("k_split"), so its
   gathered indices are affine, with no division per element;
 - a fused group's elementwise blocks after `out` (activation, residual add, casts)
