@@ -9,7 +9,7 @@ kernel consumes, with no repacking in between (ONNX Runtime's NCHWc scheme).
     to_blocked(x)   = transpose(reshape(x, [N, C/b, b, H, W]), [0, 1, 3, 4, 2])
     from_blocked(y) = reshape(transpose(y, [0, 1, 4, 2, 3]), [N, C, H, W])
 
-The layout changes are ordinary `reshape` and `transpose` nodes. Three rules make the
+The layout changes are ordinary `reshape` and `transpose` nodes. Four rules make the
 chain stay blocked, applied in graph order to a fixed point:
 
 - a conv whose input is `from_blocked(z)` reads `z` (the pair cancels);
@@ -18,8 +18,11 @@ chain stay blocked, applied in graph order to a fixed point:
   one `from_blocked`;
 - the weight and bias are constants blocked here, once per weight.
 
+- a 2-d pooling op (max, average, adaptive average) whose input is `from_blocked(z)`
+  pools `z`, the block as a third spatial dim with windows of one element.
+
 A `from_blocked` that nothing reads any more is removed; what remains converts back
-where an op needs NCHW (a pooling layer, the graph's outputs). A conv is converted
+where an op needs NCHW (a flatten before the classifier, the graph's outputs). A conv is converted
 when it has one group, two spatial dims, a constant float weight, static channel
 counts, out-channels divisible by the block and in-channels divisible by it (or
 fewer: an RGB stem reads its 3 channels as one block of 3).
@@ -112,7 +115,30 @@ class BlockLayout(Pass):
                 return None
             return from_blocked(rw, rw.add(node.op, sources, node.attrs))
 
+        @rules.rule("max_pool", "avg_pool", "adaptive_avg_pool")
+        def pool_blocked(rw: Rewriter, node: Node) -> Value | None:
+            # pool(from_blocked(z)) -> from_blocked(pool(z)): the block is one more
+            # spatial dim, pooled by windows of 1 (adaptive: to its own size)
+            z = blocked_source(node.inputs[0])
+            if z is None or node.inputs[0].type.rank != 4:
+                return None
+            return from_blocked(rw, rw.add(node.op, [z], blocked_pool_attrs(node, z)))
+
         return rules
+
+
+def blocked_pool_attrs(node: Node, z: Value) -> dict:
+    """A 2-d pooling node's attributes for its input blocked as `z` [N, C/b, H, W, b]:
+    the block as a third spatial dim that each window covers one element of."""
+    attrs = dict(node.attrs)
+    if node.op == "adaptive_avg_pool":
+        return {**attrs, "output_size": [*attrs["output_size"], z.type.shape[-1]]}
+    pads = list(attrs["pads"])
+    attrs.update(kernel=[*attrs["kernel"], 1], strides=[*attrs["strides"], 1],
+                 pads=[*pads[:2], 0, *pads[2:], 0])
+    if "dilations" in attrs:
+        attrs["dilations"] = [*attrs["dilations"], 1]
+    return attrs
 
 
 def blocked_source(value: Value) -> Value | None:

@@ -49,6 +49,7 @@ from ..ir import Graph, save, verify
 # The pipeline `kiln.compile(passes=None)` runs: one list, in order.
 DEFAULT_PIPELINE = ",".join([
     "canonicalize",
+    "block_layout",
     "pack_weights",
     "fuse",
     "plan",

@@ -60,6 +60,13 @@ def is_signed(dtype: str) -> bool:
     return dtype.startswith("int")
 
 
+def static(e) -> int | None:
+    """The value of a static extent (an int or an IntImm), else None."""
+    if isinstance(e, int):
+        return e
+    return e.value if isinstance(e, tirx.IntImm) else None
+
+
 def index(value: int) -> tirx.IntImm:
     return tirx.IntImm(INDEX, value)
 

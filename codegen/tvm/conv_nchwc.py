@@ -42,6 +42,7 @@ from .common import LowerContext, index
 from .gemm import (ROLE, accumulator_dtype, from_accumulator, gemm_blocks, inline_epilogue,
                    machine, static, to_accumulator)
 from .schedule import SCHEDULES
+from .tuning import knobs_for
 
 MAX_OC_TILE = 4         # output-channel blocks per tile
 
@@ -116,7 +117,9 @@ def lower_conv_nchwc(ctx: LowerContext, x: te.Tensor, w: te.Tensor,
     rh = te.reduce_axis((index(0), index(KH)), name="kh")
     rw = te.reduce_axis((index(0), index(KW)), name="kw")
     ri = te.reduce_axis((index(0), index(cb)), name="ci")
-    tile = choose_tile(o_blocks, ob, OW, acc)
+    knobs = knobs_for(ctx.node)
+    tile = Tile(knobs.rw, knobs.ot) if knobs.rw and knobs.ot else \
+        choose_tile(o_blocks, ob, OW, acc)
 
     def body(n, o, oh, ow, oi):
         return te.sum(xp(n, rc, oh * sh + rh * dh, ow * sw + rw * dw, ri)

@@ -62,7 +62,7 @@ from tvm import s_tir, te, tirx
 
 from ...ir.graph import Node
 from ...ir.registry import register_lowering
-from .common import HALF, LowerContext, dtype_of, index, is_float, narrow, widen
+from .common import HALF, LowerContext, dtype_of, index, is_float, narrow, static, widen
 from .schedule import SCHEDULES, inline_elementwise
 from .target import cpu_target
 from .tuning import knobs_for
@@ -183,12 +183,6 @@ def packed_tiling(tiling: Tiling, nb: int) -> Tiling:
 
 
 # --- expression helpers --------------------------------------------------------------------
-def static(e) -> int | None:
-    if isinstance(e, int):
-        return e
-    return e.value if isinstance(e, tirx.IntImm) else None
-
-
 def ceil_to(e: tirx.PrimExpr, m: int) -> tirx.PrimExpr:
     """`e` rounded up to a multiple of `m`, folded when static."""
     s = static(e)

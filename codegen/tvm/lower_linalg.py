@@ -25,7 +25,7 @@ from ...ir.graph import Node
 from ...ir.registry import get_op, register_lowering
 from . import fastmath
 from .common import (LowerContext, compute_dtype, const, dtype_of, index, load_broadcast,
-                     lowest, nan_max, narrow, select, widen)
+                     lowest, nan_max, narrow, select, static, widen)
 from .schedule import BASIC, SCHEDULES, _blocks as _root_blocks, _lanes, decompose_reductions, default_schedule
 
 E = tirx.Expr
@@ -102,15 +102,21 @@ def _max_pool(ctx: LowerContext, x: te.Tensor, *, kernel, strides, pads, ceil_mo
     phased = [*x.shape[:2], *sizes[:-1], index(s),
               tirx.floordiv(sizes[-1] + index(s - 1), index(s))]
 
+    extents = [*sizes[:-1], phased[-1] * index(s)]      # of the padded copy, per dim
+
     def pad(*idx):
         cols = [*idx[2:2 + sp - 1], idx[-2] + idx[-1] * index(s)]
         src, inside = list(idx[:2]), None
         for d in range(sp):
             pos = cols[d] - index(pads[d])
+            if not pads[d] and static(extents[d]) is not None and \
+                    static(extents[d]) <= (static(x.shape[2 + d]) or 0):
+                src.append(pos)     # never outside x (a blocked layout's block dim)
+                continue
             src.append(_clamp(pos, x.shape[2 + d]))
             ok = tirx.And(pos >= index(0), pos < x.shape[2 + d])
             inside = ok if inside is None else tirx.And(inside, ok)
-        return select(inside, widen(x(*src)), fill)
+        return widen(x(*src)) if inside is None else select(inside, widen(x(*src)), fill)
     padded = te.compute(phased, pad, name="max_pool_pad")
 
     def body(*idx):
@@ -139,7 +145,6 @@ def _schedule_pool(sch: s_tir.Schedule, node: Node) -> None:
     loops = sch.get_loops(pool)
     sp = (len(loops) - 2) // 2
     plane = sch.fuse(loops[0], loops[1])
-    sch.compute_at(pad, plane, preserve_unit_loops=True)
     out_loops, window = loops[2:2 + sp], loops[2 + sp:]
     lanes = _lanes(sch, pool, [sch.get(out_loops[-1]).extent])
     if lanes:
@@ -148,6 +153,7 @@ def _schedule_pool(sch: s_tir.Schedule, node: Node) -> None:
         sch.vectorize(vec)
     for w in window:
         sch.unroll(w)
+    sch.compute_at(pad, out_loops[0], preserve_unit_loops=True)
     # the padded copy's rows: TVM's vectors with a masked tail (their clamped reads are
     # scalar loads; left to LLVM, the loop becomes gathers, slower)
     pad_loops = sch.get_loops(pad)[1:]

@@ -6,8 +6,9 @@ on a CPU, the template knobs that ran it fastest there.
                            is looked up by its contraction member; the epilogue does
                            not count
     Knobs                  the template's free choices: the conv strategy (the rows or
-                           the columns GEMM of conv.py) and the rows of the register
-                           tile (MR); a field left None keeps the template's heuristic
+                           the columns GEMM of conv.py), the rows of the register
+                           tile (MR), conv_nchwc's register tile (RW columns x OT
+                           channel blocks); a field left None keeps the heuristic
     knobs_for(node)        what the lowering of `node` uses: the database's entry for
                            its workload, else Knobs() (the heuristics); the database
                            is the host CPU's, or within `building_for(target)` that
@@ -55,13 +56,20 @@ def workload_key(node: Node) -> str:
 class Knobs:
     strategy: str | None = None   # conv: "rows" or "columns"
     mr: int | None = None         # rows per register tile
+    rw: int | None = None         # conv_nchwc's register tile: output columns ...
+    ot: int | None = None         # ... x output-channel blocks (both, or neither)
 
     def __post_init__(self) -> None:
         if self.strategy not in (None, *STRATEGIES):
             raise CodegenError(f"tuning knob strategy={self.strategy!r}: expected one of "
                                f"{', '.join(STRATEGIES)}")
-        if self.mr is not None and not (isinstance(self.mr, int) and 1 <= self.mr <= 16):
-            raise CodegenError(f"tuning knob mr={self.mr!r}: expected an int in 1..16")
+        for name, top in (("mr", 16), ("rw", 32), ("ot", 8)):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and 1 <= value <= top):
+                raise CodegenError(f"tuning knob {name}={value!r}: expected an int in 1..{top}")
+        if (self.rw is None) != (self.ot is None):
+            raise CodegenError(f"tuning knobs rw={self.rw!r}, ot={self.ot!r}: give both or "
+                               "neither")
 
     def __str__(self) -> str:
         chosen = [f"{k}={v}" for k, v in asdict(self).items() if v is not None]

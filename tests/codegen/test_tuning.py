@@ -1,8 +1,9 @@
 """The tuning database (codegen/tvm/tuning.py) and the tuner (tune.py):
 
 - every candidate the tuner may choose computes what the interpreter does (convs on
-  both GEMMs, linears, with each tile height);
-- the knobs reach the kernel: a conv's strategy picks the GEMM, `mr` the tile;
+  both GEMMs, linears, with each tile height, conv_nchwc with each register tile);
+- the knobs reach the kernel: a conv's strategy picks the GEMM, `mr` the tile,
+  conv_nchwc's `rw` x `ot` its register tile (tails included);
 - lookups by workload (value names aside), the kernel cache key naming the knobs,
   the file's round trip and its errors (damaged, another CPU);
 - `tune_graph` measures every candidate and records a winner; `kiln tune` writes
@@ -25,6 +26,7 @@ from kiln.codegen.tvm.tune import Tuned, candidates, tune_graph, tunable_workloa
 from kiln.codegen.tvm.tuning import Knobs, Record, TuningDatabase, forcing, workload_key
 from kiln.errors import CodegenError
 from kiln.ir import GraphBuilder, interpret, tensor
+from kiln.ir.ops.linalg import block_weight
 from kiln.passes.pack import PackWeights
 
 from .test_gemm_packed import randn, run_last_node
@@ -48,6 +50,15 @@ def linear_graph(m=13, k=40, n=72, name="x"):
     return graph
 
 
+def nchwc_graph(c=32, hw=9, o=48, k=3):
+    """One conv_nchwc (blocks of 16) on a blocked input, its weight a constant."""
+    b = GraphBuilder("g")
+    x = b.input("x", tensor("f32", 1, c // 16, hw, hw, 16))
+    weight = b.constant("w", block_weight(randn(o, c, k, k), 16, 16))
+    return b.build(b.conv_nchwc(x, weight, b.constant("b", randn(o // 16, 16)), strides=[1, 1],
+                                pads=[k // 2] * 4, dilations=[1, 1]))
+
+
 @pytest.fixture
 def empty_db(tmp_path, monkeypatch):
     path = tmp_path / "db.json"
@@ -60,6 +71,7 @@ def empty_db(tmp_path, monkeypatch):
     (lambda: conv_graph(c=6, hw=9, o=70, k=3, stride=2), 6 * 9),
     (lambda: conv_graph(c=16, hw=7, o=32, k=1), 16),
     (lambda: linear_graph(), 40),
+    (lambda: nchwc_graph(), 32 * 9),        # width 9: tiles of 4, 6, 7 and 8 have tails
 ])
 def test_every_candidate_computes_the_reference(make, reduce, empty_db):
     graph = make()
@@ -67,7 +79,8 @@ def test_every_candidate_computes_the_reference(make, reduce, empty_db):
     want = interpret(graph, [x])[0]
     node = graph.nodes[-1]
     knobs = candidates(node)
-    assert len(knobs) == (7 if node.op == "conv_packed" else 4)
+    # conv_nchwc: 3 channel blocks, width 9: (4..8 columns) x (2, 3 blocks) and 8 x 1
+    assert len(knobs) == {"conv_packed": 7, "conv_nchwc": 10}.get(node.op, 4)
     for k in knobs:
         with forcing(workload_key(node), k):
             got = run_last_node(graph, [x])
@@ -86,6 +99,10 @@ def test_the_knobs_reach_the_kernel(empty_db):
     assert '"mr": 4' in scripts["strategy=rows, mr=4"]
     assert "conv_pack_x" in scripts["strategy=columns, mr=5"]    # the columns GEMM
     assert '"mr": 5' in scripts["strategy=columns, mr=5"]
+    node = nchwc_graph().nodes[-1]
+    with forcing(workload_key(node), Knobs(rw=7, ot=3)):
+        script = lower_node(node, "main").script()
+    assert '"rw": 7' in script and '"ot": 3' in script
 
 
 def test_the_database_decides_and_the_cache_key_says_so(empty_db):
@@ -121,6 +138,8 @@ def test_the_database_round_trips_and_refuses_bad_files(tmp_path):
     assert TuningDatabase.load(tmp_path / "absent.json", "somecpu").records == {}
     with pytest.raises(CodegenError, match="mr=0"):
         Knobs(mr=0)
+    with pytest.raises(CodegenError, match="give both or neither"):
+        Knobs(rw=4)
 
 
 def test_tune_graph_measures_every_candidate(empty_db):

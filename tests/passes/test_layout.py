@@ -1,7 +1,7 @@
 """The `block_layout` pass (passes/layout.py): on hand-built graphs, a conv chain runs in
 blocked channels with layout changes only at its ends, elementwise ops between convs
 move into the blocked layout, convs it cannot take are left alone, results are the
-interpreter's, and a second run changes nothing. Over the CNN benchmark models the
+interpreter's, and a second run changes nothing. Pooling layers run blocked too. Over the CNN benchmark models the
 differential test is in tests/passes/test_models.py (PASSES)."""
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import collections
 import numpy as np
 import pytest
 
+import kiln
 from kiln.compiler import copy_graph
 from kiln.errors import PipelineError
-from kiln.ir import GraphBuilder, tensor
+from kiln.ir import GraphBuilder, interpret, tensor
 from kiln.ir.ops.linalg import unblock_weight
 from kiln.passes import PassManager
 
@@ -51,14 +52,42 @@ def test_a_conv_chain_runs_blocked_with_layout_changes_at_its_ends():
     counts = ops(graph)
     assert counts["conv"] == 0 and counts["conv_nchwc"] == 3
     assert report.counts["conv_blocked"] == 3
-    # in: the image; out: before max_pool and the graph's output. In again after the pool.
-    assert counts["transpose"] == 4
+    # in: the image; out: the graph's output. The pool runs blocked between them.
+    assert counts["transpose"] == 2
+    [pool] = [n for n in graph.nodes if n.op == "max_pool"]
+    assert pool.inputs[0].type.shape[-1] == 16 and tuple(pool.attrs["kernel"]) == (2, 2, 1)
+    assert report.counts["pool_blocked"] == 1
     assert report.counts["elementwise_blocked"] == 4    # 2 relus, the residual add, relu
     [w1] = [graph.constants[k] for k in graph.constants if k.startswith("w1")]
     assert w1.shape == (2, 1, 3, 3, 16, 16)
     np.testing.assert_array_equal(unblock_weight(w1), original.constants["w1"])
     for seed, n in enumerate((1, 3)):
         assert_same_results(original, graph, bindings={"n": n}, seed=seed, rtol=1e-4, atol=1e-5)
+    assert_idempotent("block_layout", graph)
+
+
+@pytest.mark.parametrize("pool", ["max_pool", "avg_pool", "adaptive_avg_pool"])
+def test_pooling_runs_blocked_with_the_block_as_a_unit_window_dim(pool):
+    b = GraphBuilder("g")
+    x = b.input("x", tensor("f32", 2, 32, 9, 8))
+    h = b.conv(x, b.constant("w", randn(32, 32, 1, 1)), strides=[1, 1], pads=[0] * 4,
+               dilations=[1, 1], groups=1)
+    window = {"kernel": [3, 2], "strides": [2, 1], "pads": [1, 0, 1, 1], "ceil_mode": True}
+    attrs = {"max_pool": {**window, "dilations": [1, 2]},
+             "avg_pool": {**window, "count_include_pad": False},
+             "adaptive_avg_pool": {"output_size": [2, 3]}}[pool]
+    graph = b.build(getattr(b, pool)(h, **attrs))
+    original = copy_graph(graph)
+    [report] = PassManager("block_layout").run(graph)
+    assert report.counts["pool_blocked"] == 1
+    [pooled] = [n for n in graph.nodes if n.op == pool]
+    assert pooled.inputs[0].type.shape == (2, 2, 9, 8, 16)
+    assert_same_results(original, graph, seed=1, rtol=1e-5, atol=1e-5)
+    compiled = kiln.compile(copy_graph(original), passes="block_layout,fuse,plan",
+                            cache_dir="off")
+    xs = [randn(2, 32, 9, 8)]
+    np.testing.assert_allclose(compiled(*xs)[0], interpret(original, xs)[0], rtol=1e-5,
+                               atol=1e-5)
     assert_idempotent("block_layout", graph)
 
 
