@@ -11,7 +11,9 @@ conv2d_NCHWc, ONNX Runtime's MLAS NCHWc convolutions):
 
 The register tile is RW output columns x OT output-channel blocks (each ob lanes, one
 AVX-512 vector of f32 for ob = 16): per step of the reduction it loads OT weight
-vectors and broadcasts RW input scalars for RW x OT multiply-adds (`choose_tile`).
+vectors and broadcasts RW input scalars for RW x OT multiply-adds: the tuning
+database's `rw`, `ot` knobs where the workload was tuned (`kiln tune`; a width RW
+need not divide the output's, the last tile is then partial), else `choose_tile`.
 
 Schedule (`schedule_conv_nchwc`), the output block's loops (the epilogue, inlined
 into the group's last block) drive it:
