@@ -6,8 +6,9 @@ each kernel (for a CNN: by layer), to see which layers lose and by how much.
 kiln: the compiled model's steps run in plan order, as a whole run does, each step
 timed (`Executor.step_arguments`). ORT: the same model exported to ONNX, run with its
 profiler on, each node's kernel time (`*_kernel_time` events). The two alternate run by
-run (`--runs` each), so a noisy machine slows both alike; each kernel's time is the
-median over the runs, the first two excluded.
+run (`--runs` each), so a noisy machine slows both alike, each run after a pause of
+`bench.models.SETTLE_S` (otherwise the other engine's still-spinning threads slow the
+first kernels); each kernel's time is the median over the runs, the first two excluded.
 Kernels are grouped by their first output's shape: kiln's fused groups and ORT's fused
 nodes then line up by layer, whatever each engine fused (kiln's blocked activations
 count under their logical NCHW shape, its layout changes as one row).
