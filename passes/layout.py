@@ -16,20 +16,19 @@ chain stay blocked, applied in graph order to a fixed point:
 - an elementwise op whose tensor inputs are all `from_blocked` of the same shape as
   its output (relu, the residual add) runs on the blocked values and is followed by
   one `from_blocked`;
+- a 2-d pooling op (max, average, adaptive average) whose input is `from_blocked(z)`
+  pools `z`, the block as a third spatial dim with windows of one element;
 - the weight and bias are constants blocked here, once per weight.
 
-- a 2-d pooling op (max, average, adaptive average) whose input is `from_blocked(z)`
-  pools `z`, the block as a third spatial dim with windows of one element.
-
 A `from_blocked` that nothing reads any more is removed; what remains converts back
-where an op needs NCHW (a flatten before the classifier, the graph's outputs). A conv is converted
-when it has one group, two spatial dims, a constant float weight, static channel
-counts, out-channels divisible by the block and in-channels divisible by it (or
-fewer: an RGB stem reads its 3 channels as one block of 3).
+where an op needs NCHW (a flatten before the classifier, the graph's outputs). A conv
+is converted when it has one group, two spatial dims, a constant float weight, static
+channel counts, out-channels divisible by the block and in-channels divisible by it
+(or fewer: an RGB stem reads its 3 channels as one block of 3).
 
 Run after canonicalize (batch-norm folding changes the weights) and before
 pack_weights and fuse. Idempotent: a second run finds no `conv` left to convert
-and no elementwise op to move.
+and no elementwise or pooling op to move.
 """
 from __future__ import annotations
 

@@ -26,9 +26,9 @@ from kiln.codegen.tvm.tune import Tuned, candidates, tune_graph, tunable_workloa
 from kiln.codegen.tvm.tuning import Knobs, Record, TuningDatabase, forcing, workload_key
 from kiln.errors import CodegenError
 from kiln.ir import GraphBuilder, interpret, tensor
-from kiln.ir.ops.linalg import block_weight
 from kiln.passes.pack import PackWeights
 
+from .test_conv_nchwc import conv_graph as nchwc_conv
 from .test_gemm_packed import randn, run_last_node
 
 
@@ -50,13 +50,11 @@ def linear_graph(m=13, k=40, n=72, name="x"):
     return graph
 
 
-def nchwc_graph(c=32, hw=9, o=48, k=3):
-    """One conv_nchwc (blocks of 16) on a blocked input, its weight a constant."""
-    b = GraphBuilder("g")
-    x = b.input("x", tensor("f32", 1, c // 16, hw, hw, 16))
-    weight = b.constant("w", block_weight(randn(o, c, k, k), 16, 16))
-    return b.build(b.conv_nchwc(x, weight, b.constant("b", randn(o // 16, 16)), strides=[1, 1],
-                                pads=[k // 2] * 4, dilations=[1, 1]))
+def nchwc_graph():
+    """One 3x3 conv_nchwc, 32 -> 48 channels in blocks of 16, on a blocked 9x9 input."""
+    b, y, _ = nchwc_conv((1, 32, 9, 9), 48, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16, 16,
+                         bias=True)
+    return b.build(y)
 
 
 @pytest.fixture
