@@ -5,7 +5,7 @@ PassManager, DEFAULT_PIPELINE); each module below registers its passes when impo
 so importing `kiln.passes` completes the registry.
 """
 from . import (batchnorm, canonicalize, cse, dce, fold, fuse, layout, memory, pack,  # noqa: F401
-               simplify)
+               simplify, winograd)
 from .manager import (DEFAULT_PIPELINE, Pass, PassManager, PassReport, parse_pipeline,
                       register_pass, registered_passes, run_pipeline)
 

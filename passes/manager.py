@@ -50,6 +50,7 @@ from ..ir import Graph, save, verify
 DEFAULT_PIPELINE = ",".join([
     "canonicalize",
     "block_layout",
+    "winograd",
     "pack_weights",
     "fuse",
     "plan",

@@ -191,7 +191,7 @@ def _elementwise(node: Node) -> bool:
     return ELEMENTWISE in get_op(node.op).traits
 
 
-IN_PLACE_ANCHORS = frozenset({"conv", "conv_packed", "conv_nchwc"})
+IN_PLACE_ANCHORS = frozenset({"conv", "conv_packed", "conv_nchwc", "conv_winograd"})
 
 
 def _epilogue_inputs(node: Node) -> set[int]:

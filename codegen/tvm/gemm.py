@@ -1,8 +1,8 @@
 """Contraction kernels of the TVM CPU backend: the GEMM template (TE compute plus a
 hand-written s_tir schedule) and the `matmul`, `linear` and `linear_packed` lowerings
-built on it. `conv.py` (conv, conv_packed), `conv_nchwc.py` and `attention.py`
-(scaled_dot_product_attention) reuse the template; importing this module registers
-all seven lowerings and their schedules (`SCHEDULES`).
+built on it. `conv.py` (conv, conv_packed), `conv_nchwc.py`, `conv_winograd.py` and
+`attention.py` (scaled_dot_product_attention) reuse the template; importing this module
+registers all eight lowerings and their schedules (`SCHEDULES`).
 
 The template, for out[b, r, c] = epilogue(sum_k L[b, r, k] * R[b, k, c]):
 
@@ -598,4 +598,4 @@ SCHEDULES["linear"] = schedule_gemm
 SCHEDULES["linear_packed"] = schedule_gemm
 
 # register their lowerings and schedules
-from . import attention, conv, conv_nchwc  # noqa: E402,F401
+from . import attention, conv, conv_nchwc, conv_winograd  # noqa: E402,F401

@@ -3,10 +3,10 @@ graph and records the fastest in the tuning database (tuning.py).
 
     tune_graph(graph, db, rounds=5) -> list[Tuned]     (`kiln tune MODEL` calls it)
 
-For each distinct static contraction (conv, conv_packed, conv_nchwc, linear,
-linear_packed, matmul; a fused group's member, without its epilogue), every candidate
-(`candidates`: the conv strategies it can take times rows per tile 4, 5, 6; for
-conv_nchwc its register tiles; and the heuristics)
+For each distinct static contraction (conv, conv_packed, conv_nchwc, conv_winograd,
+linear, linear_packed, matmul; a fused group's member, without its epilogue), every
+candidate (`candidates`: the conv strategies it can take times rows per tile 4, 5, 6;
+for conv_nchwc and conv_winograd their register tiles; and the heuristics)
 is compiled on its own and called on random inputs of its types. The candidates
 alternate round by round; each one's time is the best over the rounds of a batch of
 calls lasting about `budget` seconds (the minimum: noise only ever adds). A candidate
@@ -32,7 +32,8 @@ from .lower import lower_node
 from .target import cpu_target
 from .tuning import STRATEGIES, Knobs, Record, TuningDatabase, forcing, workload_key
 
-TUNABLE = frozenset({"conv", "conv_packed", "conv_nchwc", "linear", "linear_packed", "matmul"})
+TUNABLE = frozenset({"conv", "conv_packed", "conv_nchwc", "conv_winograd", "linear",
+                     "linear_packed", "matmul"})
 ROWS = (4, 5, 6)          # rows per register tile tried (6 x 4 vectors fill AVX-512)
 NCHWC_COLUMNS = (4, 6, 7, 8, 14)    # conv_nchwc's tile widths tried (ResNet's 56, 28, 14, 7)
 NCHWC_BLOCKS = (1, 2, 3, 4)         # ... times output-channel blocks,
@@ -75,9 +76,14 @@ def tunable_workloads(graph: Graph) -> dict[str, Node]:
 def candidates(node: Node) -> list[Knobs]:
     """The heuristics first, then every strategy the node can take x ROWS (a linear
     or matmul: only tiles no taller than its rows); for conv_nchwc, the register tiles
-    NCHWC_COLUMNS x NCHWC_BLOCKS that fit the output and NCHWC_ACCUMULATORS."""
-    if node.op == "conv_nchwc":
-        width, blocks = node.outputs[0].type.shape[3], node.outputs[0].type.shape[1]
+    NCHWC_COLUMNS x NCHWC_BLOCKS that fit the output and NCHWC_ACCUMULATORS (for
+    conv_winograd, the tiles of its product stage: its columns are Winograd tiles)."""
+    if node.op in ("conv_nchwc", "conv_winograd"):
+        out = node.outputs[0].type.shape
+        width, blocks = out[3], out[1]
+        if node.op == "conv_winograd":
+            tile = node.attrs["tile"]
+            width = out[0] * -(-out[2] // tile) * -(-out[3] // tile)
         low, high = NCHWC_ACCUMULATORS
         return [Knobs(), *(Knobs(rw=rw, ot=ot) for ot in NCHWC_BLOCKS for rw in NCHWC_COLUMNS
                            if rw <= width and ot <= blocks and low <= rw * ot <= high)]
@@ -92,11 +98,15 @@ def candidates(node: Node) -> list[Knobs]:
 
 
 def flops(node: Node) -> float:
-    """Multiply-adds x 2 of a contraction: output elements x the reduction's length."""
+    """Multiply-adds x 2 of a contraction: output elements x the reduction's length
+    (conv_winograd: those of the direct 3 x 3 conv it replaces)."""
     out = math.prod(node.outputs[0].type.shape)
     if node.op == "conv_nchwc":         # x [N, C/cb, H, W, cb], w [O/ob, C/cb, *kernel, cb, ob]
         x, w = node.inputs[0].type.shape, node.inputs[1].type.shape
         return 2.0 * out * x[1] * x[-1] * math.prod(w[2:-2])
+    if node.op == "conv_winograd":
+        x = node.inputs[0].type.shape
+        return 2.0 * out * x[1] * x[-1] * 9
     if node.op in ("conv", "conv_packed"):
         x = node.inputs[0].type.shape
         kernel = node.attrs.get("kernel") or node.inputs[1].type.shape[2:]

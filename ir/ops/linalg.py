@@ -1,6 +1,7 @@
 """Contractions and windowed ops: matmul, linear, conv (1-3 spatial dims; also with
-weights packed at compile time, and in blocked channels: `conv_nchwc`), max/avg
-pooling, adaptive average pooling, and scaled dot-product attention."""
+weights packed at compile time; in blocked channels `conv_nchwc`, and `conv_winograd` for
+3 x 3 kernels), max/avg pooling, adaptive average pooling, and scaled dot-product
+attention."""
 from __future__ import annotations
 
 import math
@@ -292,6 +293,91 @@ register(OpDef("conv_nchwc", (X, Operand("weight"), Operand("bias", optional=Tru
                    "[O/ob, C/cb, *kernel, cb, ob] (`block_weight`), bias [O/ob, ob] -> "
                    "[N, O/ob, *out, ob]; equal to conv on the unblocked tensors"))
 
+
+
+# --- Winograd convolution F(m x m, 3 x 3) in blocked channels (Lavin & Gray, 2016) ------------
+def winograd_matrices(tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B^T, G, A^T) of F(tile x tile, 3 x 3), float64, for tile 2 (interpolation points
+    0, +-1) or 4 (0, +-1, +-2): an (tile + 2)^2 input tile d and a 3 x 3 filter g give
+    the tile x tile outputs A^T [(G g G^T) * (B^T d B)] A."""
+    if tile == 2:
+        bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+        g = [[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]
+        at = [[1, 1, 1, 0], [0, 1, -1, -1]]
+    elif tile == 4:
+        bt = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+              [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
+        g = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+             [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
+        at = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+              [0, 1, -1, 8, -8, 1]]
+    else:
+        raise type_error(f"Winograd tiles are 2 or 4 outputs wide, got {tile}")
+    return np.array(bt, np.float64), np.array(g, np.float64), np.array(at, np.float64)
+
+
+def winograd_weight(w: np.ndarray, tile: int, cb: int, ob: int) -> np.ndarray:
+    """A 3 x 3 conv weight [O, C, 3, 3] as `conv_winograd` reads it: U = G w G^T per
+    (out, in) channel pair, blocked [a, a, O/ob, C/cb, cb, ob] (a = tile + 2), in w's
+    dtype (computed in float64)."""
+    o, c = w.shape[:2]
+    if w.shape[2:] != (3, 3) or ob <= 0 or cb <= 0 or o % ob or c % cb:
+        raise type_error(f"winograd_weight: needs a [O, C, 3, 3] weight with O, C multiples "
+                         f"of {ob}, {cb}, got {list(w.shape)}")
+    _, g, _ = winograd_matrices(tile)
+    a = tile + 2
+    u = np.einsum("ik,ockl,jl->ijoc", g, w.astype(np.float64), g)
+    u = u.reshape(a, a, o // ob, ob, c // cb, cb).transpose(0, 1, 2, 4, 5, 3)
+    return np.ascontiguousarray(u.astype(w.dtype))
+
+
+def _conv_winograd_infer(x: TensorType, weight: TensorType, bias: TensorType | None = None, *,
+                         tile, pads) -> TensorType:
+    dtype = same_dtype([x, weight] + ([bias] if bias else []))
+    a = tile + 2
+    if tile not in (2, 4):
+        raise type_error(f"conv_winograd: tile={tile}, expected 2 or 4")
+    if not dtype.is_float or x.rank != 5 or weight.rank != 6 or weight.shape[:2] != (a, a):
+        raise type_error(f"conv_winograd with tile={tile} needs float x [N, C/cb, H, W, cb] "
+                         f"and weight [{a}, {a}, O/ob, C/cb, cb, ob], got {x}, {weight}")
+    _window_attrs(2, "conv_winograd", pads=pads)
+    if not symbolic.equal(weight.shape[3], x.shape[1]) or \
+            not symbolic.equal(weight.shape[4], x.shape[4]):
+        raise type_error(f"conv_winograd: weight {weight} does not read x {x}'s channel "
+                         "blocks")
+    o_blocks, ob = weight.shape[2], weight.shape[5]
+    if bias is not None and bias.shape != (o_blocks, ob):
+        raise type_error(f"conv_winograd: bias shape {list(bias.shape)} != [{o_blocks}, {ob}]")
+    out = tuple(window_out_dim(x.shape[2 + i], 3, 1, pads[i], pads[i + 2], 1) for i in range(2))
+    return TensorType((x.shape[0], o_blocks) + out + (ob,), dtype)
+
+
+def _conv_winograd(x, weight, bias=None, *, tile, pads):
+    bt, _, at = winograd_matrices(tile)
+    a = tile + 2
+    n, c_blocks, h, w, cb = x.shape
+    oh, ow = h + pads[0] + pads[2] - 2, w + pads[1] + pads[3] - 2
+    th, tw = -(-oh // tile), -(-ow // tile)
+    xp = np.zeros((n, c_blocks, th * tile + 2, tw * tile + 2, cb), np.float64)  # >= padded x
+    xp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + w] = widen(x)
+    d = np.lib.stride_tricks.sliding_window_view(xp, (a, a), axis=(2, 3))[:, :, ::tile, ::tile]
+    v = np.einsum("ir,ncpqkrs,js->ijncpqk", bt, d, bt, optimize=True)
+    m = np.einsum("ijncpqk,ijockl->ijnopql", v, widen(weight), optimize=True)
+    y = np.einsum("ri,ijnopql,sj->noprqsl", at, m, at, optimize=True)
+    y = y.reshape(n, m.shape[3], th * tile, tw * tile, -1)[:, :, :oh, :ow]
+    if bias is not None:
+        y = y + widen(bias)[None, :, None, None, :]
+    return as_dtype(y, x.dtype)
+
+
+register(OpDef("conv_winograd", (X, Operand("weight"), Operand("bias", optional=True)),
+               _conv_winograd_infer, _conv_winograd,
+               (Attr("tile", "int", doc="outputs per tile side: F(tile x tile, 3 x 3)"),
+                Attr("pads", "ints", doc="begins then ends")), {CONTRACTION},
+               doc="3 x 3 conv (stride 1, one group) by Winograd's minimal filtering, in "
+                   "blocked channels: x [N, C/cb, H, W, cb], weight [a, a, O/ob, C/cb, cb, ob] "
+                   "(`winograd_weight`, a = tile + 2), bias [O/ob, ob]; equal to conv_nchwc "
+                   "with the 3 x 3 weight up to rounding"))
 
 def _pool_infer(x: TensorType, *, kernel, strides, pads, ceil_mode, dilations=None,
                 **_) -> TensorType:

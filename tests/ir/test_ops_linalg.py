@@ -16,7 +16,8 @@ from hypothesis.extra import numpy as hnp
 
 from kiln.ir import tensor
 from kiln.ir import symbolic
-from kiln.ir.ops.linalg import block_channels, block_weight, pack_panels, unpack_panels
+from kiln.ir.ops.linalg import (block_channels, block_weight, pack_panels, unpack_panels,
+                                winograd_weight)
 from tests.ir.op_testing import (FLOAT_DTYPES, INT_DTYPES, NUMERIC_DTYPES, arrays, assert_close,
                                  build, check_op, exercises, infer, infer_error, run, shapes,
                                  to_torch, torch_dtype)
@@ -181,6 +182,32 @@ def test_conv_nchwc(data, w, with_bias, blocks):
                                     "dilations": w["dilations"]},
              expected, reduce_size=c_in * math.prod(w["kernel"]) * 4)
 
+
+
+@exercises("conv_winograd")
+@given(data=st.data(), tile=st.sampled_from([2, 4]), with_bias=st.booleans(),
+       blocks=st.sampled_from([(1, 1), (2, 3), (3, 2)]))
+def test_conv_winograd(data, tile, with_bias, blocks):
+    """Winograd F(tile, 3 x 3) on `winograd_weight(W)` equals the 3 x 3 conv on W (stride
+    1, any pads; sizes the tiles do not divide)."""
+    dt = data.draw(st.sampled_from(FLOAT_DTYPES))
+    cb, ob = blocks
+    pads = [data.draw(st.integers(0, 2)) for _ in range(4)]
+    sizes = tuple(data.draw(st.integers(max(1, 3 - pads[i] - pads[i + 2]), 9)) for i in (0, 1))
+    c_in, c_out = cb * data.draw(st.integers(1, 2)), ob * data.draw(st.integers(1, 2))
+    x = data.draw(arrays(dt, (data.draw(st.integers(1, 2)), c_in) + sizes, low=-2, high=2))
+    weight = data.draw(arrays(dt, (c_out, c_in, 3, 3), low=-2, high=2))
+    bias = data.draw(arrays(dt, (c_out,), low=-2, high=2)) if with_bias else None
+    wide = lambda a: to_torch(a).double()  # noqa: E731
+    expected = F.conv2d(F.pad(wide(x), _torch_pads(pads)), wide(weight),
+                        None if bias is None else wide(bias))
+    expected = to_torch(block_channels(expected.numpy(), ob)).to(torch_dtype(dt))
+    inputs = [block_channels(x, cb), winograd_weight(weight, tile, cb, ob)] + \
+        ([] if bias is None else [bias.reshape(-1, ob)])
+    # the transformed weight is rounded to the dtype: F(4 x 4)'s sums of 36 products
+    # scaled up to 8 x 8 carry that rounding further than the direct conv's 9 products
+    check_op("conv_winograd", inputs, {"tile": tile, "pads": pads}, expected,
+             reduce_size=c_in * 9 * (4 if tile == 2 else 64))
 
 def test_pack_panels_round_trips():
     w = np.arange(70 * 3, dtype=np.float32).reshape(70, 3)

@@ -171,7 +171,7 @@ def test_random_graph_round_trips(graph):
 # Ops whose operands must agree in coupled ways (channels, kernels, head dims) that the
 # generic generator rarely meets; this hand-written graph round-trips each of them.
 COUPLED = """\
-graph coupled(%x: f32[batch, 4, 8, 8], %w: f32[6, 2, 3, 3], %c: f32[4], %q: f32[batch, 2, seq, 16], %ids: i64[batch, 3], %h: f32[batch, seq, 16], %pw: f32[32, 16], %g: f32[16], %gi: i64[batch, 4, 8, 1], %lp: f32[1, 16, 64], %cp: f32[1, 36, 16], %xb: f32[batch, 2, 8, 8, 2], %wb: f32[3, 2, 3, 3, 2, 4], %bb: f32[3, 4]) {
+graph coupled(%x: f32[batch, 4, 8, 8], %w: f32[6, 2, 3, 3], %c: f32[4], %q: f32[batch, 2, seq, 16], %ids: i64[batch, 3], %h: f32[batch, seq, 16], %pw: f32[32, 16], %g: f32[16], %gi: i64[batch, 4, 8, 1], %lp: f32[1, 16, 64], %cp: f32[1, 36, 16], %xb: f32[batch, 2, 8, 8, 2], %wb: f32[3, 2, 3, 3, 2, 4], %bb: f32[3, 4], %uw: f32[6, 6, 3, 2, 2, 4]) {
   %conv: f32[batch, 6, 8, 8] = conv(%x, %w) {strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], groups=2}
   %max_pool: f32[batch, 4, 4, 4] = max_pool(%x) {kernel=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0], dilations=[1, 1]}
   %avg_pool: f32[batch, 4, 5, 5] = avg_pool(%x) {kernel=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=true, count_include_pad=false}
@@ -186,13 +186,14 @@ graph coupled(%x: f32[batch, 4, 8, 8], %w: f32[6, 2, 3, 3], %c: f32[4], %q: f32[
   %linear_packed: f32[batch, seq, 40] = linear_packed(%h, %lp) {out_features=40}
   %conv_packed: f32[batch, 6, 8, 8] = conv_packed(%x, %cp) {out_channels=6, kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1]}
   %conv_nchwc: f32[batch, 3, 4, 8, 4] = conv_nchwc(%xb, %wb, %bb) {strides=[2, 1], pads=[1, 1, 1, 1], dilations=[1, 1]}
+  %conv_winograd: f32[batch, 3, 7, 7, 4] = conv_winograd(%xb, %uw, %bb) {tile=4, pads=[1, 0, 0, 1]}
   %fused: f32[batch, seq, 16] = fused(%h, %g) {kind="reduction", device="cpu", backend="tvm"} loc("model.py:9") graph norm_relu(%h: f32[batch, seq, 16], %g: f32[16]) {
     %ln: f32[batch, seq, 16] = layer_norm(%h, %g)
     %two: f32[] = full() {shape=[], value=2.0}
     %scaled: f32[batch, seq, 16] = mul(%ln, %two) loc("model.py:8")
     return %scaled
   }
-  return %conv, %max_pool, %avg_pool, %adaptive_avg_pool, %batch_norm, %group_norm, %layer_norm, %linear, %scaled_dot_product_attention, %gather_elements, %index, %linear_packed, %conv_packed, %conv_nchwc, %fused
+  return %conv, %max_pool, %avg_pool, %adaptive_avg_pool, %batch_norm, %group_norm, %layer_norm, %linear, %scaled_dot_product_attention, %gather_elements, %index, %linear_packed, %conv_packed, %conv_nchwc, %conv_winograd, %fused
 }
 """
 

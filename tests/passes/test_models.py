@@ -22,7 +22,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 TOLERANCE = {"rtol": 1e-4, "atol": 2e-5}
 SIZES = [{"batch": 2, "seq": 8}, {"batch": 3, "seq": 5}]
 PASSES = ["canonicalize", "constant_fold", "cse", "dce", "simplify", "fold_batch_norm",
-          "fuse", "canonicalize,fuse", "canonicalize,block_layout", DEFAULT_PIPELINE]
+          "fuse", "canonicalize,fuse", "canonicalize,block_layout",
+          "canonicalize,block_layout,winograd", DEFAULT_PIPELINE]
 
 
 def _build(name: str):
