@@ -1,7 +1,7 @@
 """The `winograd` pass (passes/winograd.py): after block_layout, 3 x 3 stride-1 convs
 become `conv_winograd` with the weight transformed once at compile time; strided,
-dilated, other kernels, half-precision convs and transformed weights above the size
-limit stay direct; results are the interpreter's (and the compiled kernels'), and a
+dilated, other kernels and half-precision convs stay direct; each conv gets the largest
+tile whose transformed weight fits the size limit; results are the interpreter's (and the compiled kernels'), and a
 second run changes nothing. Over the benchmark models the differential test is in
 tests/passes/test_models.py (PASSES)."""
 from __future__ import annotations
@@ -70,12 +70,14 @@ def test_other_convs_stay_direct(graph):
     assert not report.changed and ops(graph)["conv_nchwc"] == 1
 
 
-def test_transformed_weights_above_the_limit_stay_direct():
-    graph = conv_chain(WINDOW)      # 16 x 16 x 3 x 3 floats: 36 KiB transformed with tile 4
-    [_, report] = PassManager("block_layout,winograd(max_weight_bytes=36863)").run(graph)
-    assert not report.changed
-    [report] = PassManager("winograd(max_weight_bytes=36864)").run(graph)
-    assert report.changed and ops(graph)["conv_winograd"] == 1
+@pytest.mark.parametrize("limit, tile", [(36864, 4), (36863, 2), (16384, 2), (16383, None)])
+def test_the_largest_tile_whose_weight_fits(limit, tile):
+    """16 x 16 x 3 x 3 floats (9 KiB) are 36 KiB transformed for tile 4, 16 KiB for 2."""
+    graph = conv_chain(WINDOW)
+    PassManager(f"block_layout,winograd(max_weight_bytes={limit})").run(graph)
+    tiles = [n.attrs["tile"] for n in graph.nodes if n.op == "conv_winograd"]
+    assert tiles == ([tile] if tile else [])
+    assert ops(graph)["conv_nchwc"] == (0 if tile else 1)
 
 
 def test_a_shared_weight_is_transformed_once():
