@@ -7,7 +7,9 @@ PrimFuncs, compiled by LLVM for the host CPU.
 - `lower_elementwise.py`, `lower_layout.py`, `lower_reduction.py`,
   `lower_linalg.py`: the lowerings, registered against the op registry (the
   contractions' basic ones only where `gemm.py` registers none);
-- `gemm.py`, `conv.py`, `attention.py`: the contraction kernels and their schedules;
+- `gemm.py`, `conv.py`, `conv_nchwc.py`, `conv_winograd.py`, `attention.py`: the
+  contraction kernels and their schedules; `tune.py`, `tuning.py`: the tuner and its
+  database;
 - `fastmath.py`: vectorizable float32 exp, expm1, tanh and erf;
 - `schedule.py`: the generic CPU schedules and `SCHEDULES`, the table op-specific
   schedules (the contraction kernels') register into;
