@@ -310,7 +310,8 @@ for _dt in ("f32", "bf16", "f64"):
     case("conv_nchwc", arr(_dt, (2, 2, 7, 9, 3)), arr(_dt, (2, 2, 3, 3, 3, 4)), arr(_dt, (2, 4)),
          strides=(2, 1), pads=(1, 0, 1, 2), dilations=(1, 2), reduce_size=54)
     for _tile in (2, 4):     # transforms in the accumulator dtype: error grows with the tile
-        case("conv_winograd", arr(_dt, (2, 2, 7, 9, 3)), arr(_dt, (_tile + 2, _tile + 2, 2, 2, 3, 4)),
+        a = _tile + 2
+        case("conv_winograd", arr(_dt, (2, 2, 7, 9, 3)), arr(_dt, (a, a, 2, 2, 3, 4)),
              arr(_dt, (2, 4)), tile=_tile, pads=(1, 0, 1, 2), reduce_size=54 * _tile)
     q, k, v = arr(_dt, (2, 3, 5, 8)), arr(_dt, (2, 1, 6, 8)), arr(_dt, (2, 1, 6, 4))
     mask = arr("bool", (5, 6))
