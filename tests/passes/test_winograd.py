@@ -1,8 +1,8 @@
 """The `winograd` pass (passes/winograd.py): after block_layout, 3 x 3 stride-1 convs
 become `conv_winograd` with the weight transformed once at compile time; strided,
 dilated, other kernels and half-precision convs stay direct; each conv gets the largest
-tile whose transformed weight fits the size limit; results are the interpreter's (and the compiled kernels'), and a
-second run changes nothing. Over the benchmark models the differential test is in
+tile whose transformed weight fits the size limit; results are the interpreter's (and
+the compiled kernels'), and a second run changes nothing. Over the benchmark models the differential test is in
 tests/passes/test_models.py (PASSES)."""
 from __future__ import annotations
 
