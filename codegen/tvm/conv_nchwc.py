@@ -83,6 +83,24 @@ def choose_tile(o_blocks: int, ob: int, out_w: int, acc_dtype: str) -> Tile:
     return best
 
 
+def zero_padded(x: te.Tensor, top: int, left: int, height: int, width: int, acc: str,
+                name: str) -> te.Tensor:
+    """Blocked x [N, C/cb, H, W, cb] in the accumulator dtype, shifted down by `top` rows
+    and right by `left` columns into `height` x `width` with zeros around (the "pad"
+    stage of the conv kernels: `schedule_pad`)."""
+    N, c_blocks, H, W, cb = x.shape
+    H, W = static(H), static(W)
+
+    def padded(n, c, h, w, i):
+        inside = tirx.all(h >= top, h < top + H, w >= left, w < left + W)
+        hs = tirx.max(tirx.min(h - top, index(H - 1)), index(0))
+        ws = tirx.max(tirx.min(w - left, index(W - 1)), index(0))
+        return tirx.if_then_else(inside, to_accumulator(x[n, c, hs, ws, i], acc),
+                                 tirx.const(0, acc))
+    return te.compute([N, c_blocks, index(height), index(width), cb], padded, name=name,
+                      attrs={ROLE: "pad"})
+
+
 @register_lowering("conv_nchwc", backend="tvm")
 def lower_conv_nchwc(ctx: LowerContext, x: te.Tensor, w: te.Tensor,
                      bias: te.Tensor | None = None, *, strides, pads, dilations) -> te.Tensor:
@@ -103,14 +121,7 @@ def lower_conv_nchwc(ctx: LowerContext, x: te.Tensor, w: te.Tensor,
     # the extent the windows read, from the top-left corner of the padding
     HP, WP = (OH - 1) * sh + (KH - 1) * dh + 1, (OW - 1) * sw + (KW - 1) * dw + 1
     if top or left or HP > H or WP > W:
-        def padded(n, c, h, wi, i):
-            inside = tirx.all(h >= top, h < top + H, wi >= left, wi < left + W)
-            hs = tirx.max(tirx.min(h - top, index(H - 1)), index(0))
-            ws = tirx.max(tirx.min(wi - left, index(W - 1)), index(0))
-            return tirx.if_then_else(inside, to_accumulator(x[n, c, hs, ws, i], acc),
-                                     tirx.const(0, acc))
-        pad = te.compute([N, index(c_blocks), index(HP), index(WP), index(cb)], padded,
-                         name="conv_nchwc_pad", attrs={ROLE: "pad"})
+        pad = zero_padded(x, top, left, HP, WP, acc, "conv_nchwc_pad")
         xp = lambda *i: pad(*i)  # noqa: E731
     else:
         xp = lambda *i: to_accumulator(x(*i), acc)  # noqa: E731

@@ -19,12 +19,16 @@ its register tile is RW tiles x OT output-channel blocks (the tuning database's 
 Schedule (`schedule_conv_winograd`), each stage a parallel loop at the root:
 
     Xp: parallel over (n, cB, h), a copy with zero borders
-    V:  parallel over (cB, t): for i, j (unrolled): for ci (vector)
+    V:  parallel over (cB, t):
+          bd[a, a, cb] = B^T d                          # registers (local, unrolled)
+          for i, j (unrolled): for ci (vector): V = (bd B)[i, j]
     M:  parallel over (i, j, oB / OT): for t / RW:
           acc[OT, RW, ob] = 0                           # registers
           for cB, ci: for OT, RW (unrolled): for ob (vector): acc += V (broadcast) * U
           M[tile] = acc
-    out: parallel over (n, oB, h / m): for w / m: for h % m, w % m (unrolled): for oi (vector)
+    out: parallel over (n, oB, h / m): for w / m:
+          am[m, a, ob] = A^T M                          # registers (local, unrolled)
+          for h % m, w % m (unrolled): for oi (vector): out = epilogue((am A)[..] + bias)
 
 The epilogue (bias, activation, residual add of a fused group) is applied in the
 output transform, as it stores.
@@ -43,7 +47,7 @@ from ...ir.graph import Node
 from ...ir.ops.linalg import winograd_matrices
 from ...ir.registry import register_lowering
 from .common import LowerContext, dtype_of, index
-from .conv_nchwc import Tile, choose_tile, schedule_pad
+from .conv_nchwc import Tile, choose_tile, schedule_pad, zero_padded
 from .gemm import (ROLE, accumulator_dtype, from_accumulator, gemm_blocks, inline_epilogue,
                    static, to_accumulator)
 from .schedule import SCHEDULES
@@ -90,7 +94,7 @@ def lower_conv_winograd(ctx: LowerContext, x: te.Tensor, u: te.Tensor,
         raise ctx.fail(f"x's dims after the batch and the weight's must be static, got "
                        f"{list(x.shape)} and {list(u.shape)}")
     N = x.shape[0]
-    c_blocks, H, W, cb = dims[:4]
+    c_blocks, cb = dims[0], dims[3]
     a, _, o_blocks, _, _, ob = dims[4:]
     m = tile
     bt, _, at = winograd_matrices(m)
@@ -100,14 +104,7 @@ def lower_conv_winograd(ctx: LowerContext, x: te.Tensor, u: te.Tensor,
     TH, TW = -(-OH // m), -(-OW // m)
     top, left = pads[0], pads[1]
 
-    def padded(n, c, h, w, i):
-        inside = tirx.all(h >= top, h < top + H, w >= left, w < left + W)
-        hs = tirx.max(tirx.min(h - top, index(H - 1)), index(0))
-        ws = tirx.max(tirx.min(w - left, index(W - 1)), index(0))
-        return tirx.if_then_else(inside, to_accumulator(x[n, c, hs, ws, i], acc),
-                                 tirx.const(0, acc))
-    xp = te.compute([N, index(c_blocks), index(TH * m + 2), index(TW * m + 2), index(cb)],
-                    padded, name="conv_winograd_pad", attrs={ROLE: "pad"})
+    xp = zero_padded(x, top, left, TH * m + 2, TW * m + 2, acc, "conv_winograd_pad")
 
     def input_rows(i, s, c, t, ci):        # (B^T d)[i, s]
         n, th, tw = t // (TH * TW), t // TW % TH, t % TW

@@ -143,6 +143,13 @@ def test_symbolic_batch():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
 
 
+def contraction_group(body):
+    """A fused node (kind "contraction") whose body is the graph `body`."""
+    g = GraphBuilder("group")
+    return g.graph.add_node("fused", [g.input(v.name, v.type) for v in body.inputs],
+                            {"kind": "contraction"}, body=body)
+
+
 @pytest.mark.parametrize("name", ["3x3", "1x1 stride 2", "7x7 stem, C=3"])
 def test_fused_bias_relu_residual(name):
     """A fused group conv_nchwc -> relu -> add(residual), all blocked: one kernel whose
@@ -157,10 +164,7 @@ def test_fused_bias_relu_residual(name):
                             for i, a in enumerate(arrays)]
     body = body.build(body.add(body.relu(body.conv_nchwc(x, w, bias, **node.attrs)), residual))
     want = interpret(body, arrays)[0]
-    g = GraphBuilder("group")
-    fused = g.graph.add_node("fused", [g.input(v.name, v.type) for v in body.inputs],
-                             {"kind": "contraction"}, body=body)
-    got, script = run_node(fused, arrays, want.shape)
+    got, script = run_node(contraction_group(body), arrays, want.shape)
     blocks = set(re.findall(r'T\.sblock\("(\w+)"', script))
     assert not {"conv_nchwc", "relu"} & blocks and "add" in blocks   # one epilogue block
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)

@@ -11,15 +11,15 @@ import re
 
 import numpy as np
 import pytest
-import tvm
 
-from kiln.codegen.tvm import cpu_target, lower_node
 from kiln.codegen.tvm.tune import candidates
 from kiln.codegen.tvm.tuning import Knobs, forcing, workload_key
 from kiln.errors import TypeInferenceError
 from kiln.ir import GraphBuilder, interpret, tensor
 from kiln.ir.ops.linalg import (block_channels, block_weight, winograd_matrices,
                                 winograd_weight)
+
+from tests.codegen.test_conv_nchwc import contraction_group, run_node
 
 RNG = np.random.default_rng(0)
 
@@ -52,14 +52,6 @@ def winograd_graph(shape, o, pads, tile: int, *, bias: bool = True):
             {"strides": [1, 1], "pads": list(pads), "dilations": [1, 1]}
         graphs.append(b.build(b.op(op, *args, **attrs)))
     return graphs[0], xb, graphs[1]
-
-
-def run_node(node, arrays: list[np.ndarray], out_shape: tuple) -> tuple[np.ndarray, str]:
-    func = lower_node(node, "main")
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=cpu_target())
-    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
-    lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays], out)
-    return out.numpy(), func.script()
 
 
 def test_matrices_compute_a_correlation():
@@ -127,10 +119,7 @@ def test_fused_bias_relu_residual():
     body = body.build(body.add(body.relu(body.conv_winograd(x, w, bias, **node.attrs)),
                                residual))
     want = interpret(body, arrays)[0]
-    g = GraphBuilder("group")
-    fused = g.graph.add_node("fused", [g.input(v.name, v.type) for v in body.inputs],
-                             {"kind": "contraction"}, body=body)
-    got, script = run_node(fused, arrays, want.shape)
+    got, script = run_node(contraction_group(body), arrays, want.shape)
     blocks = set(re.findall(r'T\.sblock\("(\w+)"', script))
     assert not {"conv_winograd", "relu"} & blocks and "add" in blocks
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
