@@ -148,6 +148,16 @@ def lower_conv_nchwc(ctx: LowerContext, x: te.Tensor, w: te.Tensor,
     return te.compute(out_shape, out, name="conv_nchwc")
 
 
+def only_consumer(sch: s_tir.Schedule, block, what: str):
+    """The one block reading `block` (the epilogue a conv kernel stores through)."""
+    consumers = sch.get_consumers(block)
+    if len(consumers) != 1:
+        names = [sch.get(b).name_hint for b in consumers]
+        raise CodegenError(f"{what} feeds {names}: its schedule needs the epilogue as one "
+                           "block (one output of the fused group)")
+    return consumers[0]
+
+
 def schedule_conv_nchwc(sch: s_tir.Schedule, node: Node | None = None) -> None:
     """The schedule of the module docstring."""
     inline_epilogue(sch)
@@ -155,12 +165,7 @@ def schedule_conv_nchwc(sch: s_tir.Schedule, node: Node | None = None) -> None:
     (acc,) = blocks["acc"]
     ann = sch.get(acc).annotations
     rw, ot = int(ann["rw"]), int(ann["ot"])
-    consumers = sch.get_consumers(acc)
-    if len(consumers) != 1:
-        names = [sch.get(b).name_hint for b in consumers]
-        raise CodegenError(f"conv_nchwc's accumulator feeds {names}: its schedule needs the "
-                           "epilogue as one block (one output of the fused group)")
-    (out,) = consumers
+    out = only_consumer(sch, acc, "conv_nchwc's accumulator")
     n, o, oh, ow, oi = sch.get_loops(out)
     oo, oj = sch.split(o, [None, ot])
     wo, wj = sch.split(ow, [None, rw])

@@ -47,7 +47,7 @@ from ...ir.graph import Node
 from ...ir.ops.linalg import winograd_matrices
 from ...ir.registry import register_lowering
 from .common import LowerContext, dtype_of, index
-from .conv_nchwc import Tile, choose_tile, schedule_pad, zero_padded
+from .conv_nchwc import Tile, choose_tile, only_consumer, schedule_pad, zero_padded
 from .gemm import (ROLE, accumulator_dtype, from_accumulator, gemm_blocks, inline_epilogue,
                    static, to_accumulator)
 from .schedule import SCHEDULES
@@ -149,13 +149,8 @@ def schedule_conv_winograd(sch: s_tir.Schedule, node: Node | None = None) -> Non
     blocks = gemm_blocks(sch)
     (product,) = blocks["acc"]
     (v,) = blocks["transform"]
-    consumers = sch.get_consumers(product)
-    if len(consumers) != 1:
-        names = [sch.get(b).name_hint for b in consumers]
-        raise CodegenError(f"conv_winograd's product feeds {names}: its schedule needs the "
-                           "epilogue as one block (one output of the fused group)")
-    (out_rows,) = consumers
-    (out,) = sch.get_consumers(out_rows)
+    out_rows = only_consumer(sch, product, "conv_winograd's product")
+    out = only_consumer(sch, out_rows, "conv_winograd's output transform")
     ann = sch.get(product).annotations
     _schedule_product(sch, product, int(ann["rw"]), int(ann["ot"]))
     _schedule_output_transform(sch, out, out_rows, int(sch.get(v).annotations["tile"]))
