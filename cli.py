@@ -395,6 +395,7 @@ def inspect_command(
     """Show an artifact's signature, plan, kernels, sizes and peak memory."""
     from .passes.memory import memory_report
     from .runtime.artifact import load as load_artifact
+    from .runtime.plan import Workspace
     loaded = load_artifact(artifact)
     plan, manifest = loaded.plan, loaded.manifest
     bindings = {s: 1 for s in plan.bindable_symbols()}
@@ -410,10 +411,13 @@ def inspect_command(
         typer.echo(f"member     {name:<20} {entry['bytes']:>12,} bytes  sha256 "
                    f"{entry['sha256'][:16]}…")
     kernels = Counter(step.kernel for step in plan.steps)
+    workspace = {step.kernel: step.workspace for step in plan.steps}
     typer.echo(f"plan       {len(plan.steps)} steps, {len(kernels)} distinct kernels, "
                f"{len(plan.constants)} constants, {plan.num_slots} memory slots")
     for kernel, count in sorted(kernels.items(), key=lambda kv: (-kv[1], kv[0])):
-        typer.echo(f"  kernel   {kernel:<48} x{count}")
+        scratch = workspace[kernel]
+        typer.echo(f"  kernel   {kernel:<48} x{count}"
+                   + (f"  workspace {scratch}" if scratch != Workspace() else ""))
     typer.echo(f"memory     {memory_report(plan, bindings)}")
     if "report" in manifest.get("extra", {}):
         typer.echo(f"compile    {manifest['extra']['report']}")

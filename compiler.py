@@ -252,7 +252,8 @@ def make_plan(graph: Graph, calls: list["KernelCall"]) -> Plan:
     """The runtime plan of a built graph: signature, every value's spec, constants, views,
     one step per kernel call, and the memory plan the `plan` pass left on
     `graph.memory_plan` (planned here when no pipeline ran that pass)."""
-    plan = graph_plan(graph, [Step(c.kernel, c.inputs, c.outputs, c.source) for c in calls])
+    plan = graph_plan(graph, [Step(c.kernel, c.inputs, c.outputs, c.source, c.workspace)
+                              for c in calls])
     memory_plan: MemoryPlan | None = getattr(graph, "memory_plan", None)
     if memory_plan is None:
         memory_plan, _ = plan_graph_memory(graph)

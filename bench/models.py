@@ -11,10 +11,11 @@ kiln output's max error against eager, the median latency of each engine over ro
 that alternate the engines (so machine noise hits all alike; two warm-up calls each
 are excluded; each timed call follows a 0.25 s pause and one untimed call, so no
 engine runs while another's thread pool still spins), the ratios, kiln's kernel calls and distinct
-kernels after fusion, and peak intermediate memory: kiln's memory plan (planned vs one
-buffer per intermediate) and ORT's, read from the arena statistics its profiler
-records per kernel (peak bytes in use during a run minus the bytes in use before it;
-`ort_peak_intermediates`).
+kernels after fusion, and peak intermediate memory: kiln's (its memory plan's slots,
+plus the scratch its kernels allocate inside, `MemoryReport.peak_bytes`; with one
+buffer per intermediate in parentheses) and ORT's, read from the arena statistics its
+profiler records per kernel (peak bytes in use during a run minus the bytes in use
+before it; `ort_peak_intermediates`).
 Models are built from configs with random weights. kiln and ORT are called with the
 inputs as NumPy arrays (each one's native input; kiln also takes torch tensors, through
 DLPack), torch.compile and eager with torch tensors.
@@ -176,7 +177,8 @@ class Row:
     ms: dict[str, float]
     compile_s: dict[str, float]
     err: float
-    planned_mb: tuple[float, float]       # kiln's plan: planned, one buffer per value
+    kiln_mb: tuple[float, float, float]   # kiln: planned slots, kernel workspace,
+                                          # one buffer per value
     ort_mb: float                         # ORT's arena: peak in use during a run
     report: Any                           # kiln's CompileReport
 
@@ -205,8 +207,14 @@ def run_case(name: str, args: argparse.Namespace, cache_dir: str | None, tmp: Pa
         ms = interleaved(engines, args.rounds)
     memory = compiled.memory({})
     return Row(case.name, ms, compile_s, err,
-               (memory.planned_bytes / 1e6, memory.unplanned_bytes / 1e6),
+               (memory.planned_bytes / 1e6, memory.workspace_bytes / 1e6,
+                memory.unplanned_bytes / 1e6),
                ort_peak_intermediates(onnx, case, args.threads, tmp) / 1e6, compiled.report)
+
+
+def _kiln_mb(row: Row) -> str:
+    planned, workspace, _ = row.kiln_mb
+    return f"{planned:.1f} + {workspace:.1f} = {planned + workspace:.1f}"
 
 
 def _ms(row: Row, engine: str) -> str:
@@ -244,12 +252,13 @@ def main() -> None:
             print(f"{row.name}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row.ms.items())
                   + "; compile " + ", ".join(f"{k} {v:.1f} s" for k, v in row.compile_s.items())
                   + f" (kiln cache {r.cache_hits} hits, {r.cache_misses} misses); max err "
-                  f"{row.err:.1e}; peak intermediates kiln {row.planned_mb[0]:.1f} MB, "
+                  f"{row.err:.1e}; peak intermediates kiln {_kiln_mb(row)} MB, "
                   f"ORT {row.ort_mb:.1f} MB", flush=True)
     print()
     print("| model | kiln ms | ORT ms | torch.compile ms | eager ms | ORT/kiln "
           "| torch.compile/kiln | eager/kiln | compile s kiln / Inductor / ORT | max err "
-          "| peak intermediates MB kiln (unplanned) / ORT | kernels after fusion |")
+          "| peak intermediates MB kiln: plan + kernel workspace (unplanned) / ORT "
+          "| kernels after fusion |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         r = row.report
@@ -258,8 +267,7 @@ def main() -> None:
         print(f"| {row.name} | {_ms(row, 'kiln')} | {_ms(row, 'ort')} | "
               f"{_ms(row, 'inductor')} | {_ms(row, 'eager')} | {_ratio(row, 'ort')} | "
               f"{_ratio(row, 'inductor')} | {_ratio(row, 'eager')} | {compile_s} | "
-              f"{row.err:.1e} | {row.planned_mb[0]:.1f} ({row.planned_mb[1]:.1f}) / "
-              f"{row.ort_mb:.1f} | "
+              f"{row.err:.1e} | {_kiln_mb(row)} ({row.kiln_mb[2]:.1f}) / {row.ort_mb:.1f} | "
               f"{r.kernel_calls} calls / {r.distinct_kernels} distinct "
               f"({r.cache_hits} cached) |")
 

@@ -34,7 +34,8 @@ type. The pass stores its result as `graph.memory_plan` (a `MemoryPlan`), which
 the graph after `plan` makes it stale, and `make_plan` says so.
 
 `memory_report` states the peak intermediate memory a plan allocates under given
-bindings, against one buffer per value. This module imports kiln.ir, the pass manager
+bindings, against one buffer per value, and adds the kernels' workspace (the scratch
+each kernel allocates inside, `Step.workspace`: known once the kernels are built). This module imports kiln.ir, the pass manager
 and the plan dataclasses, never a backend.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ from typing import ClassVar, Mapping, Sequence
 from ..errors import KilnError
 from ..ir import Graph, Node
 from ..ir.registry import ELEMENTWISE, get_op, is_view
-from ..runtime.plan import Plan, Port, Signature, Step, TensorSpec
+from ..runtime.plan import Plan, Port, Signature, Step, TensorSpec, kernel_threads
 from .manager import Pass, PassReport, register_pass
 
 REPRESENTATIVE_DIM = 64
@@ -272,21 +273,47 @@ class MemoryReport:
     planned_bytes: int       # sum of slot sizes: the peak intermediate memory allocated
     unplanned_bytes: int     # sum of every intermediate's size: one buffer each
     live_peak_bytes: int     # the most intermediate bytes live at one step: a lower bound
+    threads: int = 1         # the kernels' threads, for the workspace
+    workspace_bytes: int = 0     # kernel scratch held at once (see `workspace_held`)
+    symbolic_workspaces: int = 0  # kernels with symbol-sized scratch, not in the bytes
 
     @property
     def saved_bytes(self) -> int:
         return self.unplanned_bytes - self.planned_bytes
 
+    @property
+    def peak_bytes(self) -> int:
+        """Intermediates plus kernel workspace: the memory a call needs beyond its
+        inputs, outputs and the weights."""
+        return self.planned_bytes + self.workspace_bytes
+
     def __str__(self) -> str:
         ratio = self.planned_bytes / self.unplanned_bytes if self.unplanned_bytes else 1.0
+        symbolic = (f", {self.symbolic_workspaces} kernel(s) with symbol-sized workspace not "
+                    "counted" if self.symbolic_workspaces else "")
         return (f"memory plan: {self.intermediates} intermediates in {self.slots} slots "
-                f"({self.inplace} in place, {self.views} views), peak {self.planned_bytes:,} "
-                f"bytes vs {self.unplanned_bytes:,} one buffer each ({ratio:.0%}; at least "
-                f"{self.live_peak_bytes:,} live at once) at {self.bindings}")
+                f"({self.inplace} in place, {self.views} views), {self.planned_bytes:,} bytes "
+                f"vs {self.unplanned_bytes:,} one buffer each ({ratio:.0%}; at least "
+                f"{self.live_peak_bytes:,} live at once); kernel workspace "
+                f"{self.workspace_bytes:,} bytes on {self.threads} thread(s){symbolic}; peak "
+                f"{self.peak_bytes:,} bytes at {self.bindings}")
 
 
-def memory_report(plan: Plan, bindings: Mapping[str, int]) -> MemoryReport:
-    """What `plan.memory` allocates under `bindings`, against one buffer per value."""
+def workspace_held(plan: Plan, threads: int) -> int:
+    """The kernel scratch a call holds at its peak. TVM serves it from a pool per thread
+    that keeps its pages for the next kernel, so what stays allocated is the largest
+    shared workspace (the calling thread's) plus, in each of `threads` threads, the
+    largest per-thread one."""
+    shared = max((s.workspace.shared for s in plan.steps), default=0)
+    per_thread = max((s.workspace.per_thread for s in plan.steps), default=0)
+    return shared + threads * per_thread
+
+
+def memory_report(plan: Plan, bindings: Mapping[str, int], threads: int | None = None
+                  ) -> MemoryReport:
+    """What `plan.memory` allocates under `bindings`, against one buffer per value, and
+    the kernels' workspace on `threads` threads (default: those the runtime uses)."""
+    threads = kernel_threads() if threads is None else threads
     bindings = dict(bindings)
     size = {v: plan.values[v].nbytes(bindings) for v in plan.memory}
     live = plan.lifetimes()
@@ -297,4 +324,6 @@ def memory_report(plan: Plan, bindings: Mapping[str, int]) -> MemoryReport:
             at_step[i][slot] = max(at_step[i].get(slot, 0), size[v])
     return MemoryReport(bindings, len(plan.memory), plan.num_slots, len(plan.aliases),
                         len(plan.inplace), sum(plan.slot_bytes(bindings)), sum(size.values()),
-                        max((sum(s.values()) for s in at_step), default=0))
+                        max((sum(s.values()) for s in at_step), default=0), threads,
+                        workspace_held(plan, threads),
+                        sum(1 for s in plan.steps if s.workspace.symbolic))

@@ -20,7 +20,7 @@ from typing import Any
 _LAZY = {
     "load": "artifact", "write_artifact": "artifact", "LoadedModel": "artifact",
     "Executor": "executor", "Plan": "plan", "Step": "plan", "TensorSpec": "plan",
-    "Port": "plan", "Signature": "plan", "FORMAT_VERSION": "plan",
+    "Port": "plan", "Signature": "plan", "Workspace": "plan", "FORMAT_VERSION": "plan",
 }
 __all__ = sorted(_LAZY)
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import ArtifactError, KilnError
 from .dtypes import NUMPY_DTYPES
+from .plan import THREADS_ENV, kernel_threads
 
 
 def _import_tvm_ffi() -> Any:
@@ -89,7 +90,7 @@ def ensure_tvm_runtime() -> Path:
     global _tvm_runtime
     path = find_tvm_runtime()
     if _tvm_runtime is None:
-        os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+        os.environ.setdefault(THREADS_ENV, str(kernel_threads()))
         os.environ.setdefault(SPIN_COUNT_ENV, str(DEFAULT_SPIN_COUNT))
         os.environ.setdefault(BIND_THREADS_ENV, DEFAULT_BIND_THREADS)
         if path is None:

@@ -8,8 +8,9 @@ the runtime (`Executor`), and it is stored in the artifact's `manifest.json`.
       values      every value's TensorSpec: kiln dtype name ("f32") and shape, whose
                   dims are ints or symbol expressions ("batch", "batch*seq")
       constants   value name -> key in the weights file
-      steps       Step(kernel, inputs, outputs, source), in execution order; a kernel's
-                  parameters are its inputs then its outputs
+      steps       Step(kernel, inputs, outputs, source, workspace), in execution order; a
+                  kernel's parameters are its inputs then its outputs; `workspace` is the
+                  scratch memory the kernel allocates while it runs (`Workspace`)
       memory      intermediate value -> slot id (values sharing a slot have disjoint
                   lifetimes; a slot holds the largest of its values)
       aliases     view value -> the value it views: no step makes a view; it is its
@@ -33,7 +34,8 @@ JSON form (see `Plan.to_json`):
      "values": {"x": {"dtype": "f32", "shape": ["batch", 4]}, ...},
      "constants": {"b": "fc.bias"},
      "steps": [{"kernel": "add_relu", "inputs": ["x", "b"], "outputs": ["t"],
-                "source": "%t: f32[batch, 4] = ..."}, ...],
+                "source": "%t: f32[batch, 4] = ...",
+                "workspace": {"shared": 0, "per_thread": 0, "symbolic": 0}}, ...],
      "memory": {"t": 0}, "aliases": {"t2": "t"}, "inplace": {}}
 
 A plan of another format version is refused (`from_json`): recompile the model.
@@ -43,6 +45,7 @@ This module imports only the standard library, `kiln.errors` and the runtime's
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -50,7 +53,7 @@ from ..errors import ArtifactError, DimExpressionError
 from . import dims, dtypes
 from .dims import Dim
 
-FORMAT_VERSION = 2     # 2: aliases (views) and in-place steps
+FORMAT_VERSION = 3     # 2: aliases (views) and in-place steps; 3: kernel workspace
 
 
 @dataclass(frozen=True)
@@ -108,14 +111,46 @@ class Signature:
                 f"({', '.join(map(str, self.outputs))})")
 
 
+THREADS_ENV = "TVM_NUM_THREADS"
+
+
+def kernel_threads() -> int:
+    """The threads kiln's kernels run on: $TVM_NUM_THREADS, else every core this process
+    may run on (`kiln.runtime.ffi` sets up TVM's thread pool so)."""
+    return int(os.environ.get(THREADS_ENV) or len(os.sched_getaffinity(0)))
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The scratch memory a kernel allocates while it runs, as its code generator
+    lowered it (TVM: the kernel's `TVMBackendAllocWorkspace` calls; small buffers live
+    on the stack and are not counted): `shared` bytes once per call, plus `per_thread`
+    bytes in each thread that runs one of its parallel tasks at the same time.
+    `symbolic` counts the allocations whose size depends on symbols; their bytes are
+    not in the other two."""
+    shared: int = 0
+    per_thread: int = 0
+    symbolic: int = 0
+
+    def nbytes(self, threads: int) -> int:
+        """The bytes held at once when `threads` threads run the kernel."""
+        return self.shared + threads * self.per_thread
+
+    def __str__(self) -> str:
+        return (f"{self.shared:,} B + {self.per_thread:,} B per thread"
+                + (f" + {self.symbolic} symbolic" if self.symbolic else ""))
+
+
 @dataclass(frozen=True)
 class Step:
     """Run `kernel(*inputs, *outputs)`. `source` is the `.kir` text (and its origin) the
-    kernel was compiled from, quoted when the kernel fails."""
+    kernel was compiled from, quoted when the kernel fails; `workspace` is the scratch
+    memory the kernel allocates while it runs."""
     kernel: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     source: str = ""
+    workspace: Workspace = Workspace()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -371,7 +406,11 @@ class Plan:
                        for n, s in self.values.items()},
             "constants": dict(self.constants),
             "steps": [{"kernel": s.kernel, "inputs": list(s.inputs),
-                       "outputs": list(s.outputs), "source": s.source} for s in self.steps],
+                       "outputs": list(s.outputs), "source": s.source,
+                       "workspace": {"shared": s.workspace.shared,
+                                     "per_thread": s.workspace.per_thread,
+                                     "symbolic": s.workspace.symbolic}}
+                      for s in self.steps],
             "memory": dict(self.memory),
             "aliases": dict(self.aliases),
             "inplace": dict(self.inplace),
@@ -388,8 +427,8 @@ class Plan:
                                 f"kiln reads ({FORMAT_VERSION}); upgrade kiln")
         if version < FORMAT_VERSION:
             raise ArtifactError(f"the plan has format version {version}, older than this "
-                                f"kiln reads ({FORMAT_VERSION}, which adds views and in-place "
-                                "steps); compile the model again with this kiln")
+                                f"kiln reads ({FORMAT_VERSION}, which adds each kernel's "
+                                "workspace); compile the model again with this kiln")
         obj = r.obj(data, "plan", {"format_version", "name", "signature", "values",
                                    "constants", "steps", "memory", "aliases", "inplace"})
         sig = r.obj(obj["signature"], "plan.signature", {"inputs", "outputs"})
@@ -403,11 +442,14 @@ class Plan:
         steps = []
         for i, s in enumerate(r.seq(obj["steps"], "plan.steps")):
             where = f"plan.steps[{i}]"
-            s = r.obj(s, where, {"kernel", "inputs", "outputs", "source"})
+            s = r.obj(s, where, {"kernel", "inputs", "outputs", "source", "workspace"})
+            ws = r.obj(s["workspace"], f"{where}.workspace", {"shared", "per_thread", "symbolic"})
             steps.append(Step(r.text(s["kernel"], f"{where}.kernel"),
                               r.names(s["inputs"], f"{where}.inputs"),
                               r.names(s["outputs"], f"{where}.outputs"),
-                              r.text(s["source"], f"{where}.source")))
+                              r.text(s["source"], f"{where}.source"),
+                              Workspace(*(r.count(ws[k], f"{where}.workspace.{k}")
+                                          for k in ("shared", "per_thread", "symbolic")))))
         memory = {n: r.integer(k, f"plan.memory[{n!r}]")
                   for n, k in r.mapping(obj["memory"], "plan.memory").items()}
         aliases, inplace = ({n: r.text(v, f"plan.{key}[{n!r}]")
@@ -453,6 +495,11 @@ class _Reader:
     def integer(self, x: Any, where: str) -> int:
         if isinstance(x, bool) or not isinstance(x, int):
             raise self.fail(where, "an integer", x)
+        return x
+
+    def count(self, x: Any, where: str) -> int:
+        if self.integer(x, where) < 0:
+            raise self.fail(where, "a count (>= 0)", x)
         return x
 
     def names(self, x: Any, where: str) -> tuple[str, ...]:

@@ -342,7 +342,7 @@ def test_compile_run_inspect(model_py, tmp_path):
     result = kiln("inspect", out, "--bind", "batch=8")
     assert result.exit_code == 0, result.output
     for word in ("signature", "x: f32[batch, 4]", "kernels.so", "weights.safetensors",
-                 "steps", "kernel", "memory plan", "'batch': 8"):
+                 "steps", "kernel", "memory plan", "kernel workspace", "'batch': 8"):
         assert word in result.output, word
 
 

@@ -14,8 +14,9 @@ PrimFuncs, compiled by LLVM for the host CPU.
 - `schedule.py`: the generic CPU schedules and `SCHEDULES`, the table op-specific
   schedules (the contraction kernels') register into;
 - `build.py`: one shared library for a whole graph;
+- `workspace.py`: compiles a kernel and reads the scratch memory it allocates inside;
 - `cache.py`: the persistent kernel cache (object files keyed by kernel, target and
-  codegen version).
+  codegen version, with each kernel's workspace).
 
 The names below load on first use, so that `build` and `cache` can serve a fully
 cached compile without importing TVM.

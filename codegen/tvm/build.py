@@ -9,16 +9,19 @@ once per machine (the kernel cache, `cache.py`), linked into one shared library 
       -> each kernel's object file from the cache: a hit skips lowering and LLVM alike
       -> the misses (one error listing every op without a lowering): lower_node() each
          to a scheduled PrimFunc, then tvm.compile each into its own object file,
-         `jobs` forked processes at a time; store each object in the cache
+         `jobs` forked processes at a time, reading each kernel's workspace as TVM
+         lowers it (`workspace.py`); store each object and workspace in the cache
       -> link all objects into kernels.so with the system C compiler (as TVM's
          `export_library` does with the one object of a whole module)
-      -> the library path, the steps (kernel name, argument value names), cache stats
+      -> the library path, the steps (kernel name, argument value names, workspace),
+         cache stats
 
 TVM itself is imported only when some kernel misses the cache: a compile served
 wholly from the cache never loads it (the host target is remembered in the cache).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import CodegenError, KilnError, UnsupportedOpsError
 from ...ir import Graph, Node
 from ...ir.registry import is_view
+from ...runtime.plan import Workspace
 from . import tuning
 from .cache import CacheEntry, CacheStats, KernelCache, codegen_salt, host_fingerprint, kernel_key
 
@@ -47,11 +51,13 @@ _LINKERS = ("g++", "gcc", "clang++", "clang", "c++", "cc")   # TVM's get_cc() or
 
 @dataclass(frozen=True)
 class KernelCall:
-    """Run `kernel(*inputs, *outputs)` over the named values; `source` is the node's text."""
+    """Run `kernel(*inputs, *outputs)` over the named values; `source` is the node's text,
+    `workspace` the scratch memory the kernel allocates."""
     kernel: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     source: str
+    workspace: Workspace = Workspace()
 
 
 @dataclass
@@ -95,20 +101,26 @@ def _build(graph: Graph, out_dir: Path, target: Any, target_text: str,
     kernels, calls = _kernels(graph, target_text)
     stats = CacheStats()
     missing: list[_Kernel] = []
+    workspaces: dict[str, Workspace] = {}
     for kernel in kernels.values():
-        payload = cache.load(kernel.entry, stats) if cache is not None else None
-        if payload is None:
+        cached = cache.load(kernel.entry, stats) if cache is not None else None
+        if cached is None:
             missing.append(kernel)
         else:
-            (objects / f"{kernel.name}.o").write_bytes(payload)
+            (objects / f"{kernel.name}.o").write_bytes(cached.payload)
+            workspaces[kernel.name] = cached.workspace
     if cache is None:
         stats.misses = len(missing)
     seconds = {"cache": time.perf_counter() - start}
     if missing:
-        _compile_missing(graph, missing, target, target_text, objects, jobs, seconds)
+        compiled = _compile_missing(graph, missing, target, target_text, objects, jobs,
+                                    seconds)
+        workspaces |= compiled
         if cache is not None:
             for kernel in missing:
-                cache.store(kernel.entry, (objects / f"{kernel.name}.o").read_bytes())
+                cache.store(kernel.entry, (objects / f"{kernel.name}.o").read_bytes(),
+                            compiled[kernel.name])
+    calls = [dataclasses.replace(c, workspace=workspaces[c.kernel]) for c in calls]
     start = time.perf_counter()
     library = out_dir / "kernels.so"
     if kernels:
@@ -158,8 +170,10 @@ def _host_target(cache: KernelCache | None) -> str:
 
 
 def _compile_missing(graph: Graph, missing: list[_Kernel], target: Any, target_text: str,
-                     objects: Path, jobs: int | None, seconds: dict[str, float]) -> None:
-    """Lower each missing kernel, then compile each to `objects`/<name>.o."""
+                     objects: Path, jobs: int | None, seconds: dict[str, float]
+                     ) -> dict[str, Workspace]:
+    """Lower each missing kernel, then compile each to `objects`/<name>.o; returns
+    each one's workspace."""
     import tvm
 
     from .lower import lower_node, missing_lowerings, symbol_args
@@ -179,10 +193,11 @@ def _compile_missing(graph: Graph, missing: list[_Kernel], target: Any, target_t
                 + (f" (from {node.source})" if node.source else ""))
         work.append(_Work(kernel.name, func, objects / f"{kernel.name}.o", kernel.node.format()))
     lowered = time.perf_counter()
-    _compile_objects(work, target if target is not None else tvm.target.Target(target_text),
-                    jobs)
+    workspaces = _compile_objects(
+        work, target if target is not None else tvm.target.Target(target_text), jobs)
     seconds["lower"] = lowered - start
     seconds["compile"] = time.perf_counter() - lowered
+    return workspaces
 
 
 # --- compiling and linking object files -------------------------------------------------------
@@ -194,12 +209,14 @@ class _Work:
     source: str          # the node's text, for errors
 
 
-def _compile_objects(work: list[_Work], target: tvm.target.Target, jobs: int | None) -> None:
+def _compile_objects(work: list[_Work], target: tvm.target.Target, jobs: int | None
+                     ) -> dict[str, Workspace]:
     """Compile each PrimFunc into its own object file; with `jobs` > 1 (default: the
-    cores this process may use), in that many forked processes."""
+    cores this process may use), in that many forked processes. Returns each kernel's
+    workspace."""
     jobs = min(jobs or len(os.sched_getaffinity(0)), len(work))
     if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        errors = [_compile_object(w, target) for w in work]
+        results = [_compile_object(w, target) for w in work]
     else:
         # fork: the workers inherit the lowered PrimFuncs; nothing is pickled but indices.
         # A worker that dies (LLVM or TVM crashing) breaks the pool: each kernel it left
@@ -208,13 +225,14 @@ def _compile_objects(work: list[_Work], target: tvm.target.Target, jobs: int | N
         with ProcessPoolExecutor(jobs, mp_context=context, initializer=_receive_work,
                                  initargs=(work, target)) as pool:
             futures = [pool.submit(_compile_received, i) for i in range(len(work))]
-            errors = [_result(future, w) for future, w in zip(futures, work)]
-    failures = [e for e in errors if e]
+            results = [_result(future, w) for future, w in zip(futures, work)]
+    failures = [r for r in results if isinstance(r, str)]
     if failures:
         raise CodegenError("\n".join(failures))
+    return {w.name: r for w, r in zip(work, results)}   # type: ignore[misc]
 
 
-def _result(future: Future, work: _Work) -> str | None:
+def _result(future: Future, work: _Work) -> Workspace | str:
     try:
         return future.result()
     except BrokenProcessPool:
@@ -230,17 +248,18 @@ def _receive_work(work: list[_Work], target: Any) -> None:
     _received = (work, target)
 
 
-def _compile_received(index: int) -> str | None:
+def _compile_received(index: int) -> Workspace | str:
     assert _received is not None
     work, target = _received
     return _compile_object(work[index], target)
 
 
-def _compile_object(work: _Work, target: Any) -> str | None:
-    """Compile one PrimFunc into `work.path`; the error text if LLVM fails."""
-    import tvm
+def _compile_object(work: _Work, target: Any) -> Workspace | str:
+    """Compile one PrimFunc into `work.path`; its workspace, or the error text if TVM
+    or LLVM fails."""
+    from .workspace import compile_module
     try:
-        module = tvm.compile(tvm.IRModule({work.name: work.func}), target=target).mod
+        module, workspace = compile_module(work.func, work.name, target)
         if module.kind != "llvm" or module.imports:
             return (f"kernel {work.name} ({work.source}) compiled to a {module.kind} module "
                     f"with {len(module.imports)} imports; kiln links host LLVM objects only")
@@ -250,7 +269,7 @@ def _compile_object(work: _Work, target: Any) -> str | None:
     except Exception as e:  # noqa: BLE001  TVM raises several kinds; name the kernel
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"TVM could not compile kernel {work.name} ({work.source}): {first}"
-    return None
+    return workspace
 
 
 def link_shared(objects: list[Path], library: Path) -> Path:

@@ -11,12 +11,14 @@ machine, whatever model or process asks for it.
                                the SHA-256 digest that names the entry
     open_cache(cache_dir)      the cache at `cache_dir`, $KILN_CACHE_DIR or
                                ~/.cache/kiln/kernels; None when "off" or False
-    KernelCache.load(entry, stats)  the object file's bytes (a hit), or None (a miss;
-                               a damaged entry is deleted and counted as `rebuilt`)
-    KernelCache.store(entry, payload)
+    KernelCache.load(entry, stats)  the object file's bytes and the kernel's workspace
+                               (a `CachedKernel`: a hit), or None (a miss; a damaged
+                               entry is deleted and counted as `rebuilt`)
+    KernelCache.store(entry, payload, workspace)
 
 An entry is one file, `<digest[:2]>/<digest>.kernel`: a JSON header line (format, key,
-target, salt, payload size and SHA-256), then the object file. A reader checks the
+target, salt, payload size and SHA-256, the kernel's workspace as [shared, per thread,
+symbolic]), then the object file. A reader checks the
 header against what it asked for and the payload against its hash. A writer writes a
 temporary file in the same folder and renames it over the entry (`os.replace`), so
 a reader sees a whole entry or none, and concurrent compiles of one kernel each write
@@ -40,13 +42,14 @@ from pathlib import Path
 from ...errors import CodegenError
 from ...ir import Graph, Node, Value
 from ...ir.printer import format_attrs
+from ...runtime.plan import Workspace
 from . import tuning
 from .tuning import workload_key
 
 CACHE_ENV = "KILN_CACHE_DIR"
 DEFAULT_DIR = Path("~/.cache/kiln/kernels")
 OFF = "off"                       # KILN_CACHE_DIR=off or --cache-dir off: no cache
-FORMAT = 1                        # of an entry; part of the salt
+FORMAT = 2                        # of an entry; part of the salt (2: workspace)
 CODEGEN_DIR = Path(__file__).parent
 _SALTED_PACKAGES = ("apache-tvm", "apache-tvm-ffi")
 
@@ -113,9 +116,17 @@ class CacheEntry:
         text = f"{key}\n--- target\n{target}\n--- salt\n{salt}"
         return cls(key, target, salt, hashlib.sha256(text.encode()).hexdigest())
 
-    def header(self, payload: bytes) -> dict:
+    def header(self, payload: bytes, workspace: Workspace) -> dict:
         return {"format": FORMAT, "key": self.key, "target": self.target, "salt": self.salt,
-                "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+                "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
+                "workspace": [workspace.shared, workspace.per_thread, workspace.symbolic]}
+
+
+@dataclass(frozen=True)
+class CachedKernel:
+    """A cache hit: the kernel's object file and its workspace."""
+    payload: bytes
+    workspace: Workspace
 
 
 @dataclass
@@ -141,9 +152,10 @@ class KernelCache:
     def path(self, entry: CacheEntry) -> Path:
         return self.root / entry.digest[:2] / f"{entry.digest}.kernel"
 
-    def load(self, entry: CacheEntry, stats: CacheStats) -> bytes | None:
-        """The entry's object file, counted as a hit in `stats`; None (a miss) when
-        absent or damaged (truncated, foreign, wrong hash: deleted, counted `rebuilt`)."""
+    def load(self, entry: CacheEntry, stats: CacheStats) -> CachedKernel | None:
+        """The entry's object file and workspace, counted as a hit in `stats`; None (a
+        miss) when absent or damaged (truncated, foreign, wrong hash: deleted, counted
+        `rebuilt`)."""
         path = self.path(entry)
         try:
             with path.open("rb") as f:
@@ -157,18 +169,19 @@ class KernelCache:
             header = json.loads(header_line)
         except (json.JSONDecodeError, UnicodeDecodeError):
             header = None
-        if header != entry.header(payload):
+        workspace = _workspace(header)
+        if workspace is None or header != entry.header(payload, workspace):
             stats.misses += 1
             stats.rebuilt += 1
             path.unlink(missing_ok=True)
             return None
         stats.hits += 1
-        return payload
+        return CachedKernel(payload, workspace)
 
-    def store(self, entry: CacheEntry, payload: bytes) -> Path:
+    def store(self, entry: CacheEntry, payload: bytes, workspace: Workspace) -> Path:
         """Write the entry whole (temp file, then rename); returns its path."""
         path = self.path(entry)
-        header = json.dumps(entry.header(payload), sort_keys=True).encode() + b"\n"
+        header = json.dumps(entry.header(payload, workspace), sort_keys=True).encode() + b"\n"
         _write_atomic(path, header + payload)
         return path
 
@@ -189,6 +202,15 @@ class KernelCache:
 
     def __repr__(self) -> str:
         return f"<KernelCache {self.root}>"
+
+
+def _workspace(header: object) -> Workspace | None:
+    """The workspace an entry's header records, None when it has no valid one."""
+    counts = header.get("workspace") if isinstance(header, dict) else None
+    if not (isinstance(counts, list) and len(counts) == 3
+            and all(type(c) is int and c >= 0 for c in counts)):
+        return None
+    return Workspace(*counts)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

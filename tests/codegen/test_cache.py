@@ -15,9 +15,10 @@ import pytest
 
 import kiln
 from kiln.codegen.tvm.build import kernel_key
-from kiln.codegen.tvm.cache import (CACHE_ENV, CacheEntry, CacheStats, KernelCache,
-                                    codegen_salt, open_cache)
+from kiln.codegen.tvm.cache import (CACHE_ENV, CacheEntry, CachedKernel, CacheStats,
+                                    KernelCache, codegen_salt, open_cache)
 from kiln.ir import interpret, parse
+from kiln.runtime.plan import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,18 +103,25 @@ def test_target_and_salt_change_the_entry():
 # --- the cache -------------------------------------------------------------------------------
 def test_damaged_entries_are_misses_and_are_removed(tmp_path):
     cache, entry, stats = KernelCache(tmp_path), CacheEntry.of("k", "t"), CacheStats()
-    path = cache.store(entry, b"object bytes")
-    assert cache.load(entry, stats) == b"object bytes"
+    workspace = Workspace(4096, 512, 1)
+    path = cache.store(entry, b"object bytes", workspace)
+    assert cache.load(entry, stats) == CachedKernel(b"object bytes", workspace)
     path.write_bytes(path.read_bytes()[:-3])                       # truncated
     assert cache.load(entry, stats) is None and not path.exists()
-    cache.store(entry, b"object bytes")
+    cache.store(entry, b"object bytes", workspace)
     header, payload = path.read_bytes().split(b"\n", 1)
     path.write_bytes(header + b"\n" + payload.replace(b"o", b"0"))  # flipped bytes
     assert cache.load(entry, stats) is None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\xff\xfe not a header")                      # foreign
     assert cache.load(entry, stats) is None
-    assert (stats.hits, stats.misses, stats.rebuilt) == (1, 3, 3)
+    for bad in ([4096, 512], [4096, -1, 0], [4096.0, 512, 1], None):  # no valid workspace
+        cache.store(entry, b"object bytes", workspace)
+        header = json.loads(path.read_bytes().split(b"\n", 1)[0])
+        header["workspace"] = bad
+        path.write_bytes(json.dumps(header).encode() + b"\n" + b"object bytes")
+        assert cache.load(entry, stats) is None and not path.exists()
+    assert (stats.hits, stats.misses, stats.rebuilt) == (1, 7, 7)
     assert not list(tmp_path.glob("*/.*.tmp"))                      # no temp files left
 
 
@@ -147,6 +155,8 @@ def test_second_compile_is_a_full_hit_with_identical_outputs(tmp_path, mlp):
     assert "kernel cache: 4 hits, 0 misses" in str(second.report)
     np.testing.assert_allclose(first(x)[0], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(second(x)[0], first(x)[0])
+    # each kernel's workspace comes back from the cache as it was measured
+    assert [s.workspace for s in second.plan.steps] == [s.workspace for s in first.plan.steps]
 
 
 def test_a_damaged_entry_is_rebuilt(tmp_path, mlp):

@@ -1,12 +1,15 @@
 """The memory planner (kiln.passes.memory): intermediates share a slot exactly when
-their lifetimes allow it, slots are sized per binding, and the plan saves memory."""
+their lifetimes allow it, slots are sized per binding, and the plan saves memory; the
+report adds the kernels' workspace as TVM's per-thread pools hold it."""
 from __future__ import annotations
+
+import dataclasses
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kiln.passes.memory import assign_slots, memory_report, plan_memory
-from kiln.runtime.plan import Plan, Port, Signature, Step, TensorSpec
+from kiln.runtime.plan import Plan, Port, Signature, Step, TensorSpec, Workspace
 from tests.runtime.kernels import chain_plan, f32
 
 
@@ -23,19 +26,35 @@ def make_plan(steps: list[tuple[list[str], list[str]]], outputs: list[str],
                 values, {}, [Step(f"k{i}", ins, outs) for i, (ins, outs) in enumerate(steps)])
 
 
+def test_the_report_adds_the_largest_workspaces_held_per_thread():
+    plan = plan_memory(make_plan([(["x"], ["t0"]), (["t0"], ["t1"]), (["t1"], ["out"])],
+                                 ["out"]))
+    scratch = [Workspace(1000, 10), Workspace(500, 40), Workspace(0, 0, symbolic=1)]
+    plan = dataclasses.replace(plan, steps=[dataclasses.replace(s, workspace=w)
+                                            for s, w in zip(plan.steps, scratch)])
+    report = memory_report(plan, {"n": 2}, threads=3)
+    # the largest shared (step 0) plus three threads' largest per-thread (step 1)
+    assert report.workspace_bytes == 1000 + 3 * 40
+    assert report.peak_bytes == report.planned_bytes + 1120
+    assert report.symbolic_workspaces == 1
+    assert "1 kernel(s) with symbol-sized workspace not counted" in str(report)
+    assert memory_report(plan, {"n": 2}, threads=1).workspace_bytes == 1040
+
+
 def test_a_chain_reuses_two_slots():
     names = [f"t{i}" for i in range(6)]
     steps = [(["x"], ["t0"])] + [([a], [b]) for a, b in zip(names, names[1:])] + \
         [(["t5"], ["out"])]
     plan = plan_memory(make_plan(steps, ["out"]))
     assert plan.memory == {"t0": 0, "t1": 1, "t2": 0, "t3": 1, "t4": 0, "t5": 1}
-    report = memory_report(plan, {"n": 10})
+    report = memory_report(plan, {"n": 10}, threads=2)
     assert (report.slots, report.intermediates) == (2, 6)
     assert report.planned_bytes == 2 * 10 * 8 * 4 < report.unplanned_bytes == 6 * 10 * 8 * 4
     assert report.live_peak_bytes == 2 * 10 * 8 * 4
     assert str(report) == ("memory plan: 6 intermediates in 2 slots (0 in place, 0 views), "
-                           "peak 640 bytes vs 1,920 one buffer each (33%; at least 640 live "
-                           "at once) at {'n': 10}")
+                           "640 bytes vs 1,920 one buffer each (33%; at least 640 live at "
+                           "once); kernel workspace 0 bytes on 2 thread(s); peak 640 bytes at "
+                           "{'n': 10}")
 
 
 def test_values_live_at_once_never_share():

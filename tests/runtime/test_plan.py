@@ -9,7 +9,8 @@ import json
 import pytest
 
 from kiln.errors import ArtifactError
-from kiln.runtime.plan import FORMAT_VERSION, Plan, Port, Signature, Step, TensorSpec
+from kiln.runtime.plan import (FORMAT_VERSION, Plan, Port, Signature, Step, TensorSpec,
+                               Workspace)
 from tests.runtime.kernels import chain_plan, f32
 
 
@@ -30,7 +31,8 @@ def test_round_trip_keeps_every_dtype_dim_kind_and_source():
     plan = Plan(Signature([Port("a", "bf16", values["a"].shape)],
                           [Port("b", "bool", ("n", 0)), Port("q", "i4", (3, 8))]),
                 values, {"k": "count", "q": "packed.weight"},
-                [Step("k1", ["a", "k"], ["b"], 'loc("model.py:3") "quoted"')], name="odd")
+                [Step("k1", ["a", "k"], ["b"], 'loc("model.py:3") "quoted"',
+                      Workspace(12_800, 512, 1))], name="odd")
     assert Plan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
 
 
@@ -60,6 +62,12 @@ def _mutated(edit):
      r"plan.signature.inputs\[0\]: missing field"),
     (lambda d: d["memory"].update(t0=True), r"plan.memory\['t0'\]: expected an integer"),
     (lambda d: d.update(steps={}), "plan.steps: expected a list"),
+    (lambda d: d["steps"][0].pop("workspace"),
+     r"plan.steps\[0\]: missing field\(s\) \['workspace'\]"),
+    (lambda d: d["steps"][0]["workspace"].update(shared=-1),
+     r"plan.steps\[0\].workspace.shared: expected a count"),
+    (lambda d: d["steps"][1]["workspace"].update(per_thread=2.0),
+     r"plan.steps\[1\].workspace.per_thread: expected an integer"),
 ])
 def test_malformed_json_names_the_field(edit, message):
     with pytest.raises(ArtifactError, match=message):

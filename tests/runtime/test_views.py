@@ -206,7 +206,7 @@ def test_an_older_format_is_refused():
     data = view_plan().to_json()
     data["format_version"] = 1
     del data["aliases"], data["inplace"]
-    with pytest.raises(ArtifactError, match=r"format version 1, older than this kiln reads \(2, "
+    with pytest.raises(ArtifactError, match=r"format version 1, older than this kiln reads \(3, "
                                             r".*compile the model again"):
         Plan.from_json(data)
 
