@@ -7,7 +7,10 @@
 - lookups by workload (value names aside), the kernel cache key naming the knobs,
   the file's round trip and its errors (damaged, another CPU);
 - `tune_graph` measures every candidate and records a winner; `kiln tune` writes
-  the database; the checked-in database loads and names only valid knobs.
+  the database; the checked-in database loads and names only valid knobs;
+- `tune_in_model` swaps each candidate's kernels into a compiled model's steps, runs
+  the whole sequence, times only those steps and records the fastest (a real model,
+  and fake kernels whose speeds are known).
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ import pytest
 
 from kiln.codegen.tvm import lower_node, tuning
 from kiln.codegen.tvm.cache import kernel_key
-from kiln.codegen.tvm.tune import Tuned, candidates, tune_graph, tunable_workloads
+from kiln.codegen.tvm import tune as tune_module
+from kiln.codegen.tvm.tune import (Tuned, candidates, tune_graph, tune_in_model,
+                                   tunable_workloads)
 from kiln.codegen.tvm.tuning import Knobs, Record, TuningDatabase, forcing, workload_key
 from kiln.errors import CodegenError
 from kiln.ir import GraphBuilder, interpret, tensor
@@ -152,6 +157,66 @@ def test_tune_graph_measures_every_candidate(empty_db):
     assert tuned.chosen in candidates(node) and tuned.gain >= 1.0
     assert db.records[workload_key(node)].knobs == tuned.chosen and len(lines) == 1
     assert tune_graph(graph, db, rounds=1, budget=0.001) == []   # already tuned: skipped
+
+
+def compiled_steps(graph):
+    """A graph compiled with kiln's pipeline, its steps as `tune_in_model` takes them."""
+    import kiln
+    x = randn(*graph.inputs[0].type.shape)
+    compiled = kiln.compile(graph, cache_dir="off")
+    executor = compiled._executor
+    producer = {v.name: n for n in compiled.graph.nodes for v in n.outputs}
+    steps = [(producer[step.outputs[0]], kernel, args)
+             for step, kernel, args in executor.step_arguments(executor.prepare(x))]
+    return compiled, x, steps
+
+
+def test_tune_in_model_records_each_workload_of_a_compiled_model(empty_db):
+    compiled, x, steps = compiled_steps(conv_graph(c=16, hw=8, o=32))
+    expected = compiled(x)[0]
+    db = TuningDatabase(tuning.host_cpu())
+    db.records["stale"] = Record(Knobs(rw=4, ot=1))
+    lines: list[str] = []
+    results = tune_in_model(compiled.graph, steps, db, rounds=2, log=lines.append)
+    keys = set(tunable_workloads(compiled.graph))
+    assert keys and {t.key for t in results} == keys and len(lines) == len(keys)
+    for tuned in results:
+        node = tunable_workloads(compiled.graph)[tuned.key]
+        assert set(tuned.measured) == {str(k) for k in candidates(node)}
+        assert db.records[tuned.key].knobs == tuned.chosen
+    assert "stale" in db.records
+    np.testing.assert_array_equal(compiled(x)[0], expected)   # the model's kernels stay
+
+
+def test_tune_in_model_times_the_swapped_steps_and_picks_the_fastest(empty_db, monkeypatch):
+    import time as time_module
+    compiled, x, steps = compiled_steps(conv_graph(c=16, hw=8, o=32))
+    (key, node), = tunable_workloads(compiled.graph).items()
+    (where,) = [i for i, (n, _, _) in enumerate(steps) if key in tune_module._workloads(n)]
+    knobs = candidates(node)
+    delays = {str(k): 2e-3 for k in knobs}
+    delays[str(knobs[0])] = 1.5e-3          # the heuristics
+    delays[str(knobs[-1])] = 0.5e-3         # the fastest candidate
+    delays[str(knobs[1])] = 1.45e-3         # faster than the heuristics by under MIN_GAIN
+    calls = {"model": 0}
+
+    def fake_kernel(n, k, kn):
+        return lambda *args: time_module.sleep(delays[str(kn)])
+    monkeypatch.setattr(tune_module, "_kernel", fake_kernel)
+    node_run, original, args = steps[where]
+    counted = list(steps)
+    counted[where] = (node_run,
+                      lambda *a: calls.__setitem__("model", calls["model"] + 1) or original(*a),
+                      args)
+    db = TuningDatabase(tuning.host_cpu())
+    (tuned,) = tune_in_model(compiled.graph, counted, db, rounds=3)
+    assert calls["model"] == 0                       # the swapped step never runs its own
+    assert tuned.chosen == knobs[-1] and tuned.gain == pytest.approx(3.0, rel=0.3)
+    assert tuned.seconds[str(knobs[0])] == pytest.approx(1.5e-3, rel=0.3)
+
+    delays[str(knobs[-1])] = 1.45e-3                  # nothing beats it by MIN_GAIN
+    (tuned,) = tune_in_model(compiled.graph, counted, db, rounds=3)
+    assert tuned.chosen == Knobs()
 
 
 def test_tuned_figures_of_a_slow_call_stay_positive():
