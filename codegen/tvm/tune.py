@@ -20,7 +20,7 @@ measures the candidates where the model runs them instead: a kernel alone, calle
 back to back, finds its inputs and weights in cache, which a model's kernel does not
 (its input was just written, partly by the other core; its weights were evicted since
 the last call). On ResNet-50's 56x56 256 -> 64 conv the hot measurement chose a 6 x 2
-register tile that took 24% longer in the model than the heuristics' 4 x 4. Each
+register tile that took 18-24% longer in the model than the heuristics' 4 x 4. Each
 candidate's kernels replace the model's own in the compiled model's step sequence,
 which runs whole once per candidate and round; a candidate's time is the median over
 the rounds of its workload's steps.
