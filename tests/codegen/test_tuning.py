@@ -188,35 +188,54 @@ def test_tune_in_model_records_each_workload_of_a_compiled_model(empty_db):
     np.testing.assert_array_equal(compiled(x)[0], expected)   # the model's kernels stay
 
 
+def conv_softmax_graph():
+    """A 1x1 conv (blocked: conv_nchwc), then a softmax: several kernels."""
+    b = GraphBuilder("g")
+    x = b.input("x", tensor("f32", 1, 16, 8, 8))
+    y = b.conv(x, b.constant("w", randn(32, 16, 1, 1)), strides=[1, 1], pads=[0] * 4,
+               dilations=[1, 1], groups=1)
+    return b.build(b.softmax(y, axis=-1))
+
+
 def test_tune_in_model_times_the_swapped_steps_and_picks_the_fastest(empty_db, monkeypatch):
-    import time as time_module
-    compiled, x, steps = compiled_steps(conv_graph(c=16, hw=8, o=32))
+    compiled, x, steps = compiled_steps(conv_softmax_graph())
     (key, node), = tunable_workloads(compiled.graph).items()
     (where,) = [i for i, (n, _, _) in enumerate(steps) if key in tune_module._workloads(n)]
     knobs = candidates(node)
-    delays = {str(k): 2e-3 for k in knobs}
-    delays[str(knobs[0])] = 1.5e-3          # the heuristics
-    delays[str(knobs[-1])] = 0.5e-3         # the fastest candidate
-    delays[str(knobs[1])] = 1.45e-3         # faster than the heuristics by under MIN_GAIN
-    calls = {"model": 0}
+    assert node.op == "conv_nchwc" and len(knobs) > 3
+    cost = {str(k): 2.0 for k in knobs}     # seconds on a fake clock that only kernels move
+    cost[str(knobs[0])] = 1.5               # the heuristics
+    cost[str(knobs[-1])] = 0.5              # the fastest candidate
+    cost[str(knobs[1])] = 1.45              # faster than the heuristics by under MIN_GAIN
+    clock = {"now": 0.0, "model": 0}
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter() -> float:
+            return clock["now"]
 
     def fake_kernel(n, k, kn):
-        return lambda *args: time_module.sleep(delays[str(kn)])
+        return lambda *args: clock.__setitem__("now", clock["now"] + cost[str(kn)])
+
+    def model_kernel(*args):
+        clock["model"] += 1
     monkeypatch.setattr(tune_module, "_kernel", fake_kernel)
-    node_run, original, args = steps[where]
-    counted = list(steps)
-    counted[where] = (node_run,
-                      lambda *a: calls.__setitem__("model", calls["model"] + 1) or original(*a),
-                      args)
+    monkeypatch.setattr(tune_module, "time", FakeTime)
+    def other_step(kernel):     # the steps around it take time too, never counted
+        return lambda *args: (kernel(*args), clock.__setitem__("now", clock["now"] + 100.0))
+    counted = [(n, model_kernel if i == where else other_step(kernel), args)
+               for i, (n, kernel, args) in enumerate(steps)]
+    assert len(counted) > 1
     db = TuningDatabase(tuning.host_cpu())
     (tuned,) = tune_in_model(compiled.graph, counted, db, rounds=3)
-    assert calls["model"] == 0                       # the swapped step never runs its own
-    assert tuned.chosen == knobs[-1] and tuned.gain == pytest.approx(3.0, rel=0.3)
-    assert tuned.seconds[str(knobs[0])] == pytest.approx(1.5e-3, rel=0.3)
+    assert clock["model"] == 0                      # the swapped step never runs its own
+    assert tuned.seconds == pytest.approx(cost)     # only the swapped steps were timed
+    assert tuned.chosen == knobs[-1] and tuned.gain == pytest.approx(3.0)
+    assert db.records[key].knobs == knobs[-1]
 
-    delays[str(knobs[-1])] = 1.45e-3                  # nothing beats it by MIN_GAIN
+    cost[str(knobs[-1])] = 1.45                     # nothing beats it by MIN_GAIN
     (tuned,) = tune_in_model(compiled.graph, counted, db, rounds=3)
-    assert tuned.chosen == Knobs()
+    assert tuned.chosen == Knobs() and db.records[key].knobs == Knobs()
 
 
 def test_tuned_figures_of_a_slow_call_stay_positive():
