@@ -23,6 +23,7 @@ from typing import Any
 import tvm
 from tvm import tirx
 
+from ...errors import CodegenError
 from ...runtime.plan import Workspace
 
 LOWERING_PASS = "tirx.LowerTVMBuiltin"     # after it, every workspace is an explicit call
@@ -35,7 +36,7 @@ def compile_module(func: tirx.PrimFunc, name: str, target: Any) -> tuple[Any, Wo
     with tvm.transform.PassContext(instruments=[probe]):
         module = tvm.compile(tvm.IRModule({name: func}), target=target).mod
     if probe.workspace is None:
-        raise RuntimeError(f"{LOWERING_PASS} did not run while compiling {name}: "
+        raise CodegenError(f"{LOWERING_PASS} did not run while compiling {name}: "
                            "TVM's build pipeline changed; kiln cannot read the workspace")
     return module, probe.workspace
 
