@@ -1,10 +1,11 @@
 """`make demo`: compile the bundled example (a small BERT encoder, random weights) ahead
 of time into a `.kiln` artifact, load it back, and compare with PyTorch eager:
-accuracy, and speed measured interleaved at two input sizes served by the same artifact.
+accuracy, and speed measured interleaved at two input sizes served by the same artifact
+(as `python -m bench.models` measures: each timed call follows a pause, so that neither
+engine pays for the other's spinning thread pool, and one untimed call).
 """
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -16,18 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_bert  # noqa: E402
 
 import kiln  # noqa: E402
-
-
-def interleaved_ms(a, b, rounds: int = 20) -> tuple[float, float]:
-    """Median milliseconds of `a` and `b`, called alternately (noise hits both alike)."""
-    a(), b()
-    ta, tb = [], []
-    for _ in range(rounds):
-        for fn, times in ((a, ta), (b, tb)):
-            start = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(ta), statistics.median(tb)
+from kiln.bench.models import interleaved  # noqa: E402
 
 
 def main() -> None:
@@ -53,8 +43,10 @@ def main() -> None:
         got = loaded(*feed)
         err = max(float(np.max(np.abs(g - e))) for g, e in zip(got, expected))
         worst = max(worst, err)
-        with torch.no_grad():
-            kiln_ms, eager_ms = interleaved_ms(lambda: loaded(*feed), lambda: model(*feed))
+        with torch.no_grad():   # as bench.models measures: neither pays the other's threads
+            ms = interleaved({"kiln": lambda: loaded(*feed), "eager": lambda: model(*feed)},
+                             rounds=15)
+        kiln_ms, eager_ms = ms["kiln"], ms["eager"]
         print(f"batch={batch} seq={seq}: max |kiln - eager| = {err:.1e}; kiln {kiln_ms:.2f} ms, "
               f"eager {eager_ms:.2f} ms: speed-up {eager_ms / kiln_ms:.2f}x")
     ok = worst < 1e-4
