@@ -173,11 +173,15 @@ def tune_workload(node: Node, *, rounds: int, budget: float, seed: int = 0) -> T
     knobs = {str(k): k for k in candidates(node)}
     runners = {name: _runner(node, k, rng) for name, k in knobs.items()}
     seconds = measure(runners, rounds, budget)
+    return Tuned(workload_key(node), flops(node), seconds, _choose(knobs, seconds))
+
+
+def _choose(knobs: dict[str, Knobs], seconds: dict[str, float]) -> Knobs:
+    """The fastest candidate if it beats the heuristics by `MIN_GAIN`, else the
+    heuristics (the database does not chase noise)."""
     fastest = min(seconds, key=seconds.__getitem__)
-    heuristics = str(Knobs())
-    chosen = knobs[fastest] if seconds[fastest] < (1 - MIN_GAIN) * seconds[heuristics] \
+    return knobs[fastest] if seconds[fastest] < (1 - MIN_GAIN) * seconds[str(Knobs())] \
         else Knobs()
-    return Tuned(workload_key(node), flops(node), seconds, chosen)
 
 
 def tune_graph(graph: Graph, db: TuningDatabase, *, rounds: int = 5, budget: float = 0.02,
@@ -216,26 +220,17 @@ def tune_in_model(graph: Graph, steps: Sequence[Step], db: TuningDatabase, *,
         if not where:
             continue
         knobs = {str(k): k for k in candidates(member)}
+        nodes = {id(steps[i][0]): steps[i][0] for i in where}   # one kernel per distinct node
         kernels: dict[str, dict[int, Callable[..., None]]] = {}
         for name, k in knobs.items():
-            compiled: dict[int, Callable[..., None]] = {}   # one kernel per distinct node
-            by_node: dict[int, Callable[..., None]] = {}
-            for i in where:
-                node = steps[i][0]
-                if id(node) not in compiled:
-                    compiled[id(node)] = _kernel(node, key, k)
-                by_node[i] = compiled[id(node)]
-            kernels[name] = by_node
+            built = {n: _kernel(node, key, k) for n, node in nodes.items()}
+            kernels[name] = {i: built[id(steps[i][0])] for i in where}
         seconds = _measure_in_model(steps, kernels, rounds)
-        fastest = min(seconds, key=seconds.__getitem__)
-        heuristics = str(Knobs())
-        chosen = knobs[fastest] if seconds[fastest] < (1 - MIN_GAIN) * seconds[heuristics] \
-            else Knobs()
-        tuned = Tuned(key, flops(member) * len(where), seconds, chosen)
+        tuned = Tuned(key, flops(member) * len(where), seconds, _choose(knobs, seconds))
         db.records[key] = Record(tuned.chosen, tuned.measured)
         results.append(tuned)
         if log:
-            log(f"{tuned.gain:5.2f}x  {tuned.chosen}  ({tuned.measured[heuristics]:.3g} -> "
+            log(f"{tuned.gain:5.2f}x  {tuned.chosen}  ({tuned.measured[str(Knobs())]:.3g} -> "
                 f"{tuned.measured[str(tuned.chosen)]:.3g} GFLOP/s in the model, "
                 f"{len(where)} steps)  {key}")
     return results
